@@ -1,0 +1,339 @@
+"""The corpus: one DuckDB file that every stage reads and writes.
+
+Concurrency design: DuckDB lets one process hold a file open for writing, and then no other
+process may open it. So nothing holds the file for long: every read and every batched write
+opens the file, does its work in one short transaction, and closes it; a process that finds the
+file locked retries with jittered backoff (up to `lock_timeout` seconds). A long batch job
+(generate, judge) buffers rows in memory and flushes them every few seconds, so a reviewer's
+click gets in between two flushes and no decision waits more than one flush.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import duckdb
+import pyarrow as pa
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+
+from .errors import UserError
+from .ids import canonical_json
+from .records import RECORDS, Record, Run, now
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_SECRET_FLAGS = ("--api-key", "--token", "--password", "--secret")
+
+
+def _is_lock_error(e: BaseException) -> bool:
+    msg = str(e)
+    return isinstance(e, (duckdb.IOException, duckdb.ConnectionException)) and (
+        "lock" in msg.lower() or "Conflicting" in msg
+    )
+
+
+def code_version() -> str:
+    """The git commit of the engine (with +dirty), or 'unknown' outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def scrub_argv(argv: Sequence[str]) -> list[str]:
+    """Drop the values of secret-bearing flags before a command line is stored."""
+    out, hide = [], False
+    for a in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif a in _SECRET_FLAGS:
+            out.append(a)
+            hide = True
+        elif any(a.startswith(f + "=") for f in _SECRET_FLAGS):
+            out.append(a.split("=", 1)[0] + "=***")
+        else:
+            out.append(a)
+    return out
+
+
+def _to_arrow(records: Sequence[Record]) -> pa.Table:
+    cls = type(records[0])
+    rows = []
+    for r in records:
+        d = r.model_dump()
+        for f in cls.json_fields:
+            if d.get(f) is not None:
+                d[f] = canonical_json(d[f])
+        rows.append(d)
+    return pa.Table.from_pylist(rows)
+
+
+class Corpus:
+    """A DuckDB corpus file. `Corpus(":memory:")` keeps one connection (tests, scratch)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, lock_timeout: float = 120.0):
+        self.path = str(path)
+        self.lock_timeout = lock_timeout
+        self._held: duckdb.DuckDBPyConnection | None = None
+        self._depth = 0
+        if self.path == ":memory:":
+            self._held = duckdb.connect(":memory:")
+            self._depth = 1
+        else:
+            p = Path(self.path)
+            if not p.exists():
+                if not create:
+                    raise UserError(f"{self.path}: no such corpus; create one with `python -m generate ... --db {self.path}`")
+                if not p.parent.exists():
+                    raise UserError(f"--db {self.path}: folder {p.parent} does not exist; create it first")
+        with self.connect() as con:
+            self.migrate(con)
+
+    # -- connections -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for one short piece of work; nested calls share it."""
+        if self._held is not None:
+            self._depth += 1
+            try:
+                yield self._held
+            finally:
+                self._depth -= 1
+            return
+        con = self._open()
+        self._held, self._depth = con, 1
+        try:
+            yield con
+        finally:
+            self._held, self._depth = None, 0
+            con.close()
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        for attempt in Retrying(
+            retry=retry_if_exception(_is_lock_error),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
+            stop=stop_after_delay(self.lock_timeout),
+            reraise=True,
+        ):
+            with attempt:
+                return duckdb.connect(self.path)
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator["Corpus"]:
+        """Hold the file open across many operations (single-process scripts, the SQL CLI)."""
+        with self.connect():
+            yield self
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All or nothing: a failure inside leaves the corpus as it was."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    # -- schema --------------------------------------------------------------------------------
+
+    @staticmethod
+    def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+        """Apply the migrations this file lacks, in name order, each in its own transaction."""
+        con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+        done = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()}
+        applied = []
+        for f in sorted(MIGRATIONS.glob("m*.sql")):
+            if f.stem in done:
+                continue
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f.read_text())
+                con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [f.stem, now()])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            applied.append(f.stem)
+        return applied
+
+    def tables(self) -> dict[str, str]:
+        """name -> 'table' | 'view' for everything a user can query."""
+        rows = self.query(
+            "SELECT table_name, table_type FROM information_schema.tables "
+            "WHERE table_schema = 'main' ORDER BY table_type, table_name"
+        )
+        return {r["table_name"]: ("view" if r["table_type"] == "VIEW" else "table") for r in rows}
+
+    # -- reads and writes ----------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self.connect() as con:
+            cur = con.execute(sql, params) if params is not None else con.execute(sql)
+            cols = [d[0] for d in cur.description or []]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def arrow(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pa.Table:
+        with self.connect() as con:
+            rel = con.execute(sql, params) if params is not None else con.execute(sql)
+            return rel.to_arrow_table()
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> None:
+        with self.transaction() as con:
+            con.execute(sql, params) if params is not None else con.execute(sql)
+
+    def insert(self, records: Iterable[Record], *, replace: bool = False) -> int:
+        """Write records in one transaction, per table in one bulk statement.
+
+        Rows whose id is already present are skipped (content-addressed ids make that
+        "already done"); `replace=True` overwrites them instead. Returns rows written.
+        """
+        by_table: dict[str, list[Record]] = {}
+        for r in records:
+            by_table.setdefault(r.table, []).append(r)
+        if not by_table:
+            return 0
+        written = 0
+        with self.transaction() as con:
+            for table, recs in by_table.items():
+                written += self._insert_table(con, table, recs, replace)
+        return written
+
+    @staticmethod
+    def _insert_table(con: duckdb.DuckDBPyConnection, table: str, recs: list[Record], replace: bool) -> int:
+        key = "key" if table == "calls" else "id"
+        # last one wins within a batch
+        uniq = list({getattr(r, key): r for r in recs}.values())
+        batch = _to_arrow(uniq)  # noqa: F841  (DuckDB reads the local by name)
+        cols = ", ".join(f'"{c}"' for c in batch.column_names)
+        if replace:
+            con.execute(f'DELETE FROM {table} WHERE "{key}" IN (SELECT "{key}" FROM batch)')
+            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM batch")
+            return len(uniq)
+        res = con.execute(
+            f'INSERT INTO {table} ({cols}) SELECT {cols} FROM batch '
+            f'WHERE "{key}" NOT IN (SELECT "{key}" FROM {table})'
+        ).fetchone()
+        return int(res[0]) if res else 0
+
+    def existing_ids(self, table: str, ids: Iterable[str], key: str = "id") -> set[str]:
+        ids = list(ids)
+        if not ids:
+            return set()
+        with self.connect() as con:
+            wanted = pa.table({"k": ids})  # noqa: F841
+            rows = con.execute(f'SELECT "{key}" FROM {table} WHERE "{key}" IN (SELECT k FROM wanted)').fetchall()
+        return {r[0] for r in rows}
+
+    # -- the call cache (backends.cache.CallStore) ----------------------------------------------
+
+    def lookup_calls(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        if not keys:
+            return {}
+        with self.connect() as con:
+            wanted = pa.table({"k": keys})  # noqa: F841
+            rows = con.execute(
+                "SELECT key, response FROM calls WHERE key IN (SELECT k FROM wanted) "
+                "AND status IN ('ok', 'failed_permanent')"
+            ).fetchall()
+        return {k: json.loads(resp) for k, resp in rows if resp}
+
+    def save_calls(self, rows: list[dict[str, Any]]) -> None:
+        from .records import Call
+
+        self.insert([Call(**r) for r in rows], replace=True)
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def start_run(self, command: str, config: dict[str, Any] | None = None, argv: Sequence[str] | None = None) -> Run:
+        run = Run(
+            command=command,
+            argv=scrub_argv(list(sys.argv[1:] if argv is None else argv)),
+            config=config or {},
+            code_version=code_version(),
+        )
+        self.insert([run])
+        return run
+
+    def finish_run(self, run: Run, status: str, summary: dict[str, Any] | None = None) -> None:
+        self.execute(
+            "UPDATE runs SET status = ?, ended_at = ?, summary = ? WHERE id = ?",
+            [status, now(), canonical_json(summary or {}), run.id],
+        )
+
+    @contextlib.contextmanager
+    def run(self, command: str, config: dict[str, Any] | None = None, argv: Sequence[str] | None = None) -> Iterator[Run]:
+        """Record a run: 'ok' on success, 'interrupted' on Ctrl-C, 'failed' on an error.
+
+        Put a dict in `run.summary` to store it with the outcome.
+        """
+        run = self.start_run(command, config, argv)
+        run.summary = {}
+        try:
+            yield run
+        except KeyboardInterrupt:
+            self.finish_run(run, "interrupted", run.summary)
+            raise
+        except BaseException as e:
+            self.finish_run(run, "failed", {**(run.summary or {}), "error": str(e)[:500]})
+            raise
+        self.finish_run(run, "ok", run.summary)
+
+
+class BatchWriter:
+    """Buffers records and writes them in one transaction every `every` records or `seconds`.
+
+    A job that is killed loses at most the unflushed buffer, which a rerun recomputes.
+    """
+
+    def __init__(self, corpus: Corpus, every: int = 256, seconds: float = 5.0):
+        self.corpus, self.every, self.seconds = corpus, every, seconds
+        self.buffer: list[Record] = []
+        self.last = time.monotonic()
+        self.written = 0
+
+    def add(self, records: Iterable[Record]) -> None:
+        self.buffer.extend(records)
+        if len(self.buffer) >= self.every or time.monotonic() - self.last >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.written += self.corpus.insert(self.buffer)
+            self.buffer = []
+        self.last = time.monotonic()
+
+    def __enter__(self) -> "BatchWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+
+def iso(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt else None
