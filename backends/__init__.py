@@ -46,3 +46,36 @@ __all__ = [
     "load_backend",
     "request_key",
 ]
+
+
+def add_backend_args(parser: Any, prefix: str = "", default: str = "hf") -> None:
+    """The flags every stage uses to pick a model: --backend, --model, --base-url, ...
+
+    `prefix="judge-"` gives --judge-backend etc. The API key is never a flag value that could
+    end up in a log: it is read from the environment variable named by --api-key-env.
+    """
+    p = f"--{prefix}"
+    parser.add_argument(f"{p}backend", default=default, choices=BACKENDS, help=f"LLM backend (default {default})")
+    parser.add_argument(f"{p}model", default=None, help="model folder, hub id or served name (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(f"{p}base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (openai backend)")
+    parser.add_argument(f"{p}api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (openai backend)")
+    parser.add_argument(f"{p}concurrency", type=int, default=16, help="requests in flight (openai backend)")
+    parser.add_argument(f"{p}batch-size", type=int, default=16, help="sequences per forward batch (hf backend)")
+    parser.add_argument(f"{p}device", default=None, help="cpu | cuda (hf backend; default: cuda when available)")
+
+
+def backend_from_args(args: Any, prefix: str = "") -> Backend:
+    """Build the backend that `add_backend_args` flags describe."""
+    a = prefix.replace("-", "_")
+    name = getattr(args, f"{a}backend")
+    model = getattr(args, f"{a}model")
+    if name == "openai":
+        return load_backend(
+            name, model,
+            base_url=getattr(args, f"{a}base_url"),
+            api_key_env=getattr(args, f"{a}api_key_env"),
+            concurrency=getattr(args, f"{a}concurrency"),
+        )
+    if name == "hf":
+        return load_backend(name, model, batch_size=getattr(args, f"{a}batch_size"), device=getattr(args, f"{a}device"))
+    return load_backend(name, model)
