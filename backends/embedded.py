@@ -5,6 +5,11 @@ transformers loads a GGUF file but marks the model as quantized and refuses to s
 dequantizing on every start costs tens of seconds. So the first use converts it once into a
 plain transformers folder (safetensors + tokenizer) under the cache directory; every later
 use loads that folder in about a second.
+
+The conversion is checked, not trusted: every weight must be copied (only tied weights may be
+missing) and the converted model must give the same logits as the GGUF-loaded one. Two
+processes that start at once (a test run and a generate job) take a file lock, so one converts
+and the other waits and reuses the result. Everything is local: no network is needed.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from .base import BackendError
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# the files a finished conversion has; a folder without all of them is converted again
+_DONE_FILES = ("config.json", "model.safetensors", "tokenizer_config.json", "tokenizer.json")
 
 
 def cache_dir() -> Path:
@@ -39,12 +47,39 @@ def gguf_path() -> Path:
     return path
 
 
+def _is_converted(target: Path) -> bool:
+    return all((target / f).exists() for f in _DONE_FILES)
+
+
 def embedded_model_dir() -> Path:
     """A plain transformers folder of the embedded model, converted on first use."""
+    from filelock import FileLock
+
     target = cache_dir() / EMBEDDED_NAME
-    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+    if _is_converted(target):
         return target
     src = gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if _is_converted(target):  # another process finished while we waited
+            return target
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            convert_gguf(src, tmp)
+            # rename last, so a killed conversion never leaves a half-written model behind
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def convert_gguf(src: Path, out: Path) -> dict[str, Any]:
+    """Dequantize `src` into a plain float32 transformers folder at `out`, and check it.
+
+    Returns what was checked: {"missing": [...], "unexpected": [...], "max_logit_diff": float}.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -54,18 +89,45 @@ def embedded_model_dir() -> Path:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict(), strict=False)
+    missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+    tied = set(tied_weight_names(plain))
+    bad_missing = [k for k in missing if k not in tied]
+    if bad_missing or unexpected:
+        raise BackendError(
+            f"converting {src.name} lost weights (missing {bad_missing[:3]}, unexpected {list(unexpected)[:3]}): "
+            "this transformers version reads the GGUF differently; pin transformers<5.20"
+        )
     plain.tie_weights()
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    plain.eval()
+    diff = max_logit_diff(quantized, plain, tok)
+    if diff > 1e-4:
+        raise BackendError(f"the converted {EMBEDDED_NAME} differs from the GGUF (max logit diff {diff:.3g}): report this bug")
+    out.mkdir(parents=True)
     plain.generation_config = quantized.generation_config
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    # rename last, so a killed conversion never leaves a half-written model behind
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+    plain.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {"missing": list(missing), "unexpected": list(unexpected), "max_logit_diff": diff}
+
+
+def tied_weight_names(model: Any) -> list[str]:
+    """Parameter names that share storage with another parameter (e.g. lm_head <- embed_tokens)."""
+    seen: dict[int, str] = {}
+    tied = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if p.data_ptr() in seen:
+            tied.append(name)
+        else:
+            seen[p.data_ptr()] = name
+    return tied
+
+
+def max_logit_diff(a: Any, b: Any, tokenizer: Any, text: str = "The capital of France is Paris. 1 2 3") -> float:
+    """Largest absolute difference between the two models' logits on a short prompt."""
+    import torch
+
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        return float((a(ids).logits - b(ids).logits).abs().max())
 
 
 def resolve_model(model: str | None) -> str:

