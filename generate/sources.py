@@ -1,0 +1,246 @@
+"""Prompt sources: JSONL, JSON, Parquet, a `datasets` folder saved with save_to_disk, or SQL
+over the corpus. Every source becomes a list of `corpus.Prompt` records.
+
+All of a file is read and checked before anything is written: a bad line ends the job with
+one line that names file:line and the fix, and the corpus is left as it was.
+
+A record's prompt comes from the first field present among `fields` (default: `prompt`,
+`turns`, `messages`):
+- `prompt`: a string, one user turn (HumanEval's code stub works as it is);
+- `turns`: MT-Bench / Arena-Hard: a list of strings or of `{content}`; the first turn is the
+  prompt, the whole list stays in meta for multi-turn use later;
+- `messages`: chat messages `[{role, content}, ...]` ending with a user turn.
+Every other field (tests, reference, entry_point, category, checks...) is kept in `meta`, so
+later verifiers find it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from corpus import Corpus, Prompt, UserError
+
+DEFAULT_FIELDS = ("prompt", "turns", "messages")
+ROLES = ("system", "user", "assistant")
+
+
+def _turn_text(turn: Any) -> str | None:
+    if isinstance(turn, str):
+        return turn
+    if isinstance(turn, dict) and isinstance(turn.get("content"), str):
+        return turn["content"]
+    return None
+
+
+def _messages(where: str, field: str, value: Any) -> list[dict[str, str]]:
+    """The chat messages a field's value stands for; UserError names `where` on a bad value."""
+    if field == "turns":
+        if not isinstance(value, list) or not value:
+            raise UserError(f"{where}: 'turns' must be a non-empty list of strings or {{content}} objects")
+        text = _turn_text(value[0])
+        if text is None:
+            raise UserError(f"{where}: 'turns'[0] must be a string or an object with a 'content' string")
+        msgs = [{"role": "user", "content": text}]
+    elif field == "messages":
+        if not isinstance(value, list) or not value:
+            raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+        msgs = []
+        for i, m in enumerate(value):
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+                raise UserError(
+                    f"{where}: messages[{i}] must be {{\"role\": one of {'/'.join(ROLES)}, \"content\": string}}"
+                )
+            msgs.append({"role": m["role"], "content": m["content"]})
+        if msgs[-1]["role"] != "user":
+            raise UserError(f"{where}: the last message must be the user's turn (the one to answer); drop the trailing {msgs[-1]['role']} message")
+    else:
+        if isinstance(value, dict) or isinstance(value, list):
+            raise UserError(f"{where}: field '{field}' must be a string, got {type(value).__name__}; pick another field with --field")
+        if value is None:
+            value = ""
+        msgs = [{"role": "user", "content": str(value)}]
+    for m in msgs:
+        if m["role"] == "user" and not m["content"].strip():
+            raise UserError(f"{where}: empty prompt in '{field}'; remove the line or fill in the prompt")
+    return msgs
+
+
+def record_to_prompt(record: Any, where: str, source: str, fields: Sequence[str] = DEFAULT_FIELDS) -> Prompt:
+    """One source record -> a Prompt. `where` (file:line) goes into error messages."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    field = next((f for f in fields if f in record), None)
+    if field is None:
+        found = ", ".join(sorted(record)[:8]) or "none"
+        raise UserError(
+            f"{where}: no prompt field: expected one of {', '.join(fields)} (found: {found}); "
+            f"name the prompt field with --field NAME"
+        )
+    msgs = _messages(where, field, record[field])
+    meta = {k: v for k, v in record.items() if k != field}
+    if field == "turns":
+        meta["turns"] = [_turn_text(t) for t in record["turns"]]
+    elif field not in ("prompt", "messages"):
+        meta["prompt_field"] = field
+    return Prompt(messages=msgs, source=source, meta=_jsonable(meta))
+
+
+def _jsonable(obj: Any) -> Any:
+    """Parquet/Arrow rows can hold numpy values and datetimes; meta must be plain JSON."""
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+
+
+def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix the file, or use JSONL (one object a line)") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON list of objects")
+    for i, rec in enumerate(data):
+        yield f"{path}[{i}]", rec
+
+
+def _table_records(path: Path, rows: Any) -> Iterator[tuple[str, Any]]:
+    for i, rec in enumerate(rows, 1):
+        yield f"{path}:row {i}", rec
+
+
+def _dataset_rows(path: Path, split: str | None) -> Any:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise UserError(f"{path}: not a dataset saved with save_to_disk ({str(e).splitlines()[0][:160]})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        names = list(ds)
+        if split is None:
+            if len(names) != 1 and "train" not in names:
+                raise UserError(f"{path}: the dataset has splits {', '.join(names)}; pick one with --split")
+            split = "train" if "train" in names else names[0]
+        if split not in ds:
+            raise UserError(f"--split {split}: {path} has splits {', '.join(names)}")
+        ds = ds[split]
+    return ds
+
+
+def read_records(path: str | Path, split: str | None = None) -> Iterator[tuple[str, Any]]:
+    """(where, record) pairs from a file or a saved dataset folder."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file or folder; check the path given to --prompts")
+    if p.is_dir():
+        yield from _table_records(p, _dataset_rows(p, split))
+        return
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(p)
+        except Exception as e:
+            raise UserError(f"{p}: cannot read Parquet ({str(e).splitlines()[0][:160]})") from None
+        yield from _table_records(p, table.to_pylist())
+    elif suffix == ".json":
+        yield from _json_records(p)
+    else:
+        yield from _jsonl_records(p)
+
+
+def load_prompts(
+    path: str | Path, fields: Sequence[str] | None = None, limit: int | None = None, split: str | None = None,
+) -> tuple[list[Prompt], int]:
+    """Every prompt in the source, validated, in file order, without repeats.
+
+    Returns (prompts, repeated): a prompt that appears twice has one id, so it is kept once.
+    """
+    fields = tuple(fields or DEFAULT_FIELDS)
+    out: dict[str, Prompt] = {}
+    repeated = 0
+    for where, rec in read_records(path, split):
+        prompt = record_to_prompt(rec, where, where, fields)
+        if prompt.id in out:
+            repeated += 1
+            continue
+        out[prompt.id] = prompt
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise UserError(f"{path}: no prompts in it; give a file with one JSON object a line")
+    return list(out.values()), repeated
+
+
+def prompts_from_sql(corpus: Corpus, sql: str, limit: int | None = None) -> list[Prompt]:
+    """Prompts named by a query over the corpus: it returns prompt ids (`id` or `prompt_id`)
+    or chat `messages`."""
+    first_word = (sql.strip().split(None, 1) or [""])[0].lower().lstrip("(")
+    if first_word not in ("select", "with", "from", "values", "table"):
+        raise UserError(f"--from-sql: give a SELECT query (it starts with {first_word or 'nothing'!r}); --from-sql only reads the corpus")
+    try:
+        # rolled back whatever it is: reading prompts must never change the corpus
+        with corpus.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                cur = con.execute(sql)
+                cols = [d[0] for d in cur.description or []]
+                rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+            finally:
+                con.execute("ROLLBACK")
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"--from-sql: the query failed ({first[:200]}); test it with `python -m corpus --db {corpus.path} sql \"...\"`") from None
+    if not rows:
+        raise UserError("--from-sql: the query returned no rows; nothing to generate")
+    cols = set(rows[0])
+    if "messages" in cols:
+        prompts, seen = [], set()
+        for i, r in enumerate(rows, 1):
+            msgs = r["messages"]
+            if isinstance(msgs, str):
+                try:
+                    msgs = json.loads(msgs)
+                except json.JSONDecodeError:
+                    raise UserError(f"--from-sql: row {i}: 'messages' is not JSON") from None
+            p = Prompt(messages=_messages(f"--from-sql: row {i}", "messages", msgs), source="sql")
+            if p.id not in seen:
+                seen.add(p.id)
+                prompts.append(p)
+        return prompts[:limit] if limit else prompts
+    key = "prompt_id" if "prompt_id" in cols else "id" if "id" in cols else None
+    if key is None:
+        raise UserError(f"--from-sql: the query must return prompt ids (a column 'id' or 'prompt_id') or 'messages'; it returned {', '.join(sorted(cols))}")
+    ids = list(dict.fromkeys(r[key] for r in rows))
+    if limit:
+        ids = ids[:limit]
+    found = {
+        r["id"]: r
+        for r in corpus.query(
+            "SELECT id, messages, text, source, meta, run_id FROM prompts WHERE id IN (SELECT unnest(?))", [ids]
+        )
+    }
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise UserError(f"--from-sql: {len(missing)} id(s) are not in the prompts table (first: {missing[0]}); select ids from prompts")
+    return [
+        Prompt(
+            id=i, messages=json.loads(found[i]["messages"]), text=found[i]["text"], source=found[i]["source"],
+            meta=json.loads(found[i]["meta"]) if found[i]["meta"] else {}, run_id=found[i]["run_id"],
+        )
+        for i in ids
+    ]
