@@ -1,0 +1,123 @@
+"""`python -m judge --rubric R --db D [--where SQL]` and `python -m judge audit --rubric R --db D [--plot P]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from backends import BackendError, add_backend_args, backend_from_args
+from corpus import ArgumentParser, Corpus, UserError
+
+from .audit import run_audit
+from .run import run_judge
+
+
+def _judge_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m judge", description="Judge every candidate not yet judged under a rubric version. "
+                       "Subcommand: `python -m judge audit ...` prints the bias report.")
+    p.add_argument("--rubric", required=True, help="rubric YAML, e.g. prompts/code.yaml")
+    p.add_argument("--db", required=True, help="the corpus DuckDB file")
+    p.add_argument("--where", default=None, help="SQL condition on generations g / prompts p, e.g. \"g.model = 'x'\"")
+    p.add_argument("--no-prefix-reuse", action="store_true", help="hf judges: do not reuse the rubric prefix's KV cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    add_backend_args(p, prefix="judge-", default=None)  # type: ignore[arg-type]
+    return p
+
+
+def _audit_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m judge audit", description="Bias report per judge and rubric version.")
+    p.add_argument("--rubric", required=True, help="rubric YAML whose judgments to audit")
+    p.add_argument("--db", required=True, help="the corpus DuckDB file")
+    p.add_argument("--plot", default=None, help="write the report as a PNG here")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "audit":
+        return audit_main(argv[1:])
+    args = _judge_parser().parse_args(argv)
+    corpus = Corpus(args.db, create=False)
+    backend = None
+    if args.judge_backend:
+        try:
+            backend = backend_from_args(args, prefix="judge-")
+        except BackendError as e:
+            raise UserError(str(e)) from None
+    summary = run_judge(corpus, args.rubric, where=args.where, backend=backend, progress=not args.quiet,
+                        prefix_reuse=not args.no_prefix_reuse)
+    if not args.quiet:
+        print_summary(summary)
+    return 0
+
+
+def audit_main(argv: Sequence[str]) -> int:
+    args = _audit_parser().parse_args(list(argv))
+    if args.plot and not Path(args.plot).parent.exists():
+        raise UserError(f"--plot {args.plot}: folder {Path(args.plot).parent} does not exist; create it first")
+    report = run_audit(Corpus(args.db, create=False), args.rubric, plot=args.plot)
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        print_audit(report)
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    console = Console(width=max(Console().width, 120))
+    t = Table(title=f"judge {s['rubric']} v{s['rubric_version']}")
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    for key, label in (("candidates", "candidates in scope"), ("judged", "judged now"), ("cached", "already judged (skipped)"),
+                       ("calls_cached", "answered from the call cache"), ("retried", "parsed after a retry"),
+                       ("failed", "parse failures"), ("transient", "backend errors (retried next run)")):
+        t.add_row(label, str(s.get(key, 0)))
+    for kind, n in sorted(s.get("flags", {}).items()):
+        t.add_row(f"flag {kind}", str(n))
+    console.print(t)
+    d = Table(title="scores per criterion (jury aggregate)")
+    for col in ("criterion", "n", "mean", "min", "median", "max", "histogram"):
+        d.add_column(col, justify="left" if col in ("criterion", "histogram") else "right")
+    for crit, st in s.get("scores", {}).items():
+        hist = " ".join(f"{k}:{v}" for k, v in st.get("hist", {}).items())
+        d.add_row(crit, str(st.get("n", 0)), _fmt(st.get("mean")), _fmt(st.get("min")), _fmt(st.get("median")),
+                  _fmt(st.get("max")), hist)
+    console.print(d)
+
+
+def print_audit(report: dict[str, Any]) -> None:
+    console = Console(width=max(Console().width, 120))
+    t = Table(title=f"judge audit: {report['rubric']}")
+    cols = [("judge", "judge"), ("rubric_version", "version"), ("n", "judgments"), ("position_flip_rate", "flip rate"),
+            ("first_slot_win_rate", "first slot wins"), ("length_corr", "score~length rho"),
+            ("self_preference", "self-pref"), ("parse_failure_rate", "parse fail")]
+    for _, label in cols:
+        t.add_column(label, justify="left" if label in ("judge",) else "right")
+    for row in report["judges"]:
+        t.add_row(*[_fmt(row.get(k)) for k, _ in cols])
+    console.print(t)
+    if report["jury_alpha"]:
+        a = Table(title="jury agreement (Krippendorff's alpha, interval)")
+        a.add_column("version:criterion")
+        a.add_column("alpha", justify="right")
+        for k, v in report["jury_alpha"].items():
+            a.add_row(k, _fmt(v))
+        console.print(a)
+    if report.get("plot"):
+        console.print(f"wrote {report['plot']}")

@@ -1,0 +1,234 @@
+"""Judge prompts share a long rubric prefix: compute its KV cache once and decode only the rest.
+
+`PrefixReuseBackend` wraps the hf backend (reusing its loaded `.model` and `.tokenizer`). For a
+batch of requests it finds the token prefix they all share (the system message with the rubric
+and the start of the user turn), runs the model over that prefix once, copies the resulting
+DynamicCache for a batch (`batch_repeat_interleave`), and feeds each row only its own suffix.
+Suffixes of different lengths are padded *between* the prefix and the suffix: the attention
+mask hides the padding and explicit position ids keep every real token at its true position,
+so each row computes exactly what it would alone.
+
+Greedy requests without stop strings take this path; sampled requests and stop strings go to
+the wrapped backend unchanged (judges run at temperature 0 by default).
+
+With `guided=True` (opt-in; needs lm-format-enforcer) a request's `json_schema` is enforced
+token by token: only tokens that keep the reply a valid prefix of a schema-valid JSON document
+are allowed. It is off by default because on this 2-core CPU it costs far more than the model
+(tens of ms per token inside a string, measured with the tiny test model). Guided answers differ
+from unguided ones, so the call-cache key names the model `<model>+guided`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from backends import Backend, ChatRequest, Completion, TokenLogprob
+from backends.base import Progress
+
+MIN_PREFIX = 32  # below this many shared tokens, reuse saves less than the copy costs
+
+
+_TOKENIZER_DATA: dict[int, Any] = {}
+
+
+def _enforcer_data(tok: Any) -> Any:
+    """lm-format-enforcer's view of the vocabulary (about 10 s for 49k tokens; once per tokenizer).
+    Built here because its transformers integration does not import under transformers 5."""
+    key = id(tok)
+    if key not in _TOKENIZER_DATA:
+        from lmformatenforcer.tokenenforcer import TokenEnforcerTokenizerData
+
+        zero = tok.encode("0", add_special_tokens=False)[-1]
+        special = set(tok.all_special_ids)
+        regular = []
+        for i in range(len(tok)):
+            if i not in special:
+                after_zero, alone = tok.decode([zero, i])[1:], tok.decode([i])
+                regular.append((i, after_zero, len(after_zero) > len(alone)))
+        _TOKENIZER_DATA[key] = TokenEnforcerTokenizerData(
+            regular, lambda ids: tok.decode(ids).rstrip("\ufffd"), tok.eos_token_id, False, len(tok))
+    return _TOKENIZER_DATA[key]
+
+
+def guided_available() -> bool:
+    try:
+        import lmformatenforcer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class PrefixReuseBackend(Backend):
+    name = "hf"
+    supports_json_schema = False
+    supports_logprobs = True
+
+    def __init__(self, inner: Any, guided: bool = False):
+        super().__init__(inner.model_id)
+        self.inner = inner
+        self.batch_size = getattr(inner, "batch_size", 16)
+        self.guided = guided and guided_available()
+        self.supports_json_schema = self.guided  # type: ignore[misc]
+        self.stats = {"prefix_tokens_saved": 0, "prefills": 0}
+
+    @property
+    def model_id(self) -> str:
+        # unguided answers equal the hf backend's, so they share its cache entries
+        return self.inner.model_id + ("+guided" if self.guided else "")
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def _generate(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
+        out: list[Completion | None] = [None] * len(requests)
+        fast: dict[str, list[int]] = {}
+        slow: list[int] = []
+        for i, r in enumerate(requests):
+            if r.params.temperature == 0 and not r.params.stop:
+                fast.setdefault(r.messages[0]["content"], []).append(i)
+            else:
+                slow.append(i)
+        for idxs in fast.values():
+            ids = [self.inner.prompt_ids(requests[i]) for i in idxs]
+            room = [self.inner.max_positions - len(x) for x in ids]
+            too_long = [k for k, r in enumerate(room) if r < 1]
+            for k in too_long:
+                slow.append(idxs[k])
+            keep = [k for k in range(len(idxs)) if k not in too_long]
+            for start in range(0, len(keep), self.batch_size):
+                part = keep[start : start + self.batch_size]
+                comps = self._batch([requests[idxs[k]] for k in part], [ids[k] for k in part])
+                for k, c in zip(part, comps):
+                    out[idxs[k]] = c
+                progress(len(part))
+        if slow:
+            for i, c in zip(slow, self.inner.generate([requests[i] for i in slow], progress)):
+                out[i] = c
+        return out  # type: ignore[return-value]
+
+    def _batch(self, reqs: list[ChatRequest], ids: list[list[int]]) -> list[Completion]:
+        import torch
+
+        t0 = time.perf_counter()
+        shared = _common_prefix(ids)
+        shared = min(shared, min(len(x) for x in ids) - 1)  # every row keeps at least one token to feed
+        try:
+            if shared < MIN_PREFIX:
+                texts = self._decode(reqs, ids, 0)
+            else:
+                texts = self._decode(reqs, ids, shared)
+                self.stats["prefix_tokens_saved"] += shared * (len(reqs) - 1)
+        except torch.OutOfMemoryError:
+            if len(reqs) == 1:
+                return [Completion(finish_reason="error", error="out of memory on a single request")]
+            h = len(reqs) // 2
+            return self._batch(reqs[:h], ids[:h]) + self._batch(reqs[h:], ids[h:])
+        except Exception as e:  # one bad batch must not end a job of thousands
+            return [Completion(finish_reason="error", error=f"{type(e).__name__}: {str(e)[:200]}") for _ in reqs]
+        share = (time.perf_counter() - t0) * 1000 / len(reqs)
+        return [Completion(text=t, finish_reason=f, prompt_tokens=len(x), completion_tokens=n, latency_ms=share, logprobs=lp)
+                for (t, f, n, lp), x in zip(texts, ids)]
+
+    def _enforcers(self, reqs: list[ChatRequest]) -> list[Any]:
+        if not self.guided or not any(r.json_schema for r in reqs):
+            return _no_enforcer(reqs)
+        from lmformatenforcer import CharacterLevelParserConfig, JsonSchemaParser, TokenEnforcer
+
+        data = _enforcer_data(self.inner.tokenizer)
+        config = CharacterLevelParserConfig(max_consecutive_whitespaces=2)
+        return [TokenEnforcer(data, JsonSchemaParser(r.json_schema, config=config)) if r.json_schema else None for r in reqs]
+
+    def _decode(self, reqs: list[ChatRequest], ids: list[list[int]], shared: int) -> list[tuple[str, str, int, Any]]:
+        import torch
+        from transformers import DynamicCache
+
+        model, tok, dev = self.inner.model, self.inner.tokenizer, self.inner.device
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        b = len(reqs)
+        with torch.inference_mode():
+            cache = DynamicCache(config=model.config)
+            if shared:
+                prefix = torch.tensor([ids[0][:shared]], device=dev)
+                model(input_ids=prefix, past_key_values=cache, use_cache=True)
+                self.stats["prefills"] += 1
+                if b > 1:
+                    cache = copy.deepcopy(cache)
+                    cache.batch_repeat_interleave(b)
+            suffixes = [x[shared:] for x in ids]
+            width = max(len(s) for s in suffixes)
+            inp = torch.full((b, width), pad, dtype=torch.long, device=dev)
+            mask = torch.zeros((b, shared + width), dtype=torch.long, device=dev)
+            mask[:, :shared] = 1
+            pos = torch.zeros((b, width), dtype=torch.long, device=dev)
+            for r, s in enumerate(suffixes):
+                inp[r, width - len(s):] = torch.tensor(s, device=dev)
+                mask[r, shared + width - len(s):] = 1
+                pos[r, width - len(s):] = torch.arange(shared, shared + len(s), device=dev)
+                pos[r, : width - len(s)] = shared  # padding: hidden by the mask, any valid position
+            logits = model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1]
+            next_pos = torch.tensor([len(x) for x in ids], device=dev)
+            limit = [min(r.params.max_new_tokens, self.inner.max_positions - len(x)) for r, x in zip(reqs, ids)]
+            tokens: list[list[int]] = [[] for _ in range(b)]
+            lps: list[list[TokenLogprob]] = [[] for _ in range(b)]
+            done = [False] * b
+            finish = ["length"] * b
+            eos = self.inner.eos_ids
+            enforcers = self._enforcers(reqs)
+            while True:
+                logits = logits.float()
+                for r, enf in enumerate(enforcers):
+                    if enf is not None and not done[r]:
+                        allowed = enf.get_allowed_tokens(ids[r] + tokens[r])
+                        allowed = list(getattr(allowed, "allowed_tokens", allowed))
+                        if not allowed:
+                            continue
+                        keep = torch.full_like(logits[r], float("-inf"))
+                        keep[torch.tensor(allowed, dtype=torch.long, device=dev)] = 0.0
+                        logits[r] = logits[r] + keep
+                lp = torch.log_softmax(logits, dim=-1)
+                chosen = lp.argmax(dim=-1).tolist()
+                for r in range(b):
+                    if done[r]:
+                        continue
+                    t = chosen[r]
+                    if t in eos:
+                        done[r], finish[r] = True, "stop"
+                        continue
+                    tokens[r].append(t)
+                    k = reqs[r].top_logprobs
+                    if k is not None:
+                        top: dict[str, float] = {}
+                        if k:
+                            vals, alts = lp[r].topk(k)
+                            for v, a in zip(vals.tolist(), alts.tolist()):
+                                top.setdefault(tok.decode([a]), v)
+                        lps[r].append(TokenLogprob(token=tok.decode([t]), logprob=float(lp[r, t]), top=top))
+                    if len(tokens[r]) >= limit[r]:
+                        done[r] = True
+                if all(done):
+                    break
+                step = torch.tensor([[tokens[r][-1] if tokens[r] else pad] for r in range(b)], device=dev)
+                mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long, device=dev)], dim=1)
+                logits = model(input_ids=step, attention_mask=mask, position_ids=next_pos.unsqueeze(1),
+                               past_key_values=cache, use_cache=True).logits[:, -1]
+                next_pos = next_pos + 1
+        return [(tok.decode(tokens[r], skip_special_tokens=True), finish[r], len(tokens[r]),
+                 lps[r] if reqs[r].top_logprobs is not None else None) for r in range(b)]
+
+
+def _no_enforcer(reqs: list[ChatRequest]) -> list[None]:
+    return [None] * len(reqs)
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    first = seqs[0]
+    n = len(first)
+    for s in seqs[1:]:
+        m = min(n, len(s))
+        i = 0
+        while i < m and s[i] == first[i]:
+            i += 1
+        n = i
+    return n

@@ -1,0 +1,244 @@
+"""Rubric YAML: validated with pydantic; every error names file:line and the fix.
+
+A rubric's identity for caching is per criterion: `criterion_hash` covers exactly the text and
+settings that change what a judge would answer for that criterion (the task description, the
+criterion's description, scale and verifier settings). Editing one criterion changes only its
+hash, so only that criterion is judged again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from corpus import UserError, content_id
+
+VERIFIER_TYPES = ("code_exec", "regex", "json_schema", "length", "checkable", "reward_model")
+
+
+class LocatedError(ValueError):
+    """A rubric-level error that knows which key it is about, so the message gets its line."""
+
+    def __init__(self, msg: str, loc: tuple):
+        super().__init__(msg)
+        self.loc = loc
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JudgeSpec(Strict):
+    """One judge of the jury: which model, how many samples per item, at what temperature."""
+
+    backend: Literal["hf", "openai", "vllm", "fake"] = "hf"
+    model: str | None = Field(None, description="None: the embedded SmolLM2-135M-Instruct")
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    samples: int = Field(1, ge=1, le=16)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_new_tokens: int = Field(160, ge=8, le=4096)
+
+
+class VerifierSpec(Strict):
+    """Settings of a programmatic check; which keys apply depends on `type`."""
+
+    type: Literal["code_exec", "regex", "json_schema", "length", "checkable", "reward_model"]
+    # code_exec: where the tests are: "meta:<key>" (the prompt's meta) or inline Python
+    tests: str | None = None
+    entry_point: str | None = Field(None, description="code_exec: function name; default meta:entry_point")
+    timeout_s: float = Field(10.0, gt=0, le=600)
+    memory_mb: int = Field(1024, ge=64)
+    # regex
+    pattern: str | None = None
+    must_match: bool = True
+    # json_schema: the schema candidates must satisfy (None: any valid JSON)
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    # length, in words
+    min_words: int | None = Field(None, ge=0)
+    max_words: int | None = Field(None, ge=1)
+    # reward_model: a models.id of kind 'rm', or "latest"
+    model: str | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _needs(self) -> "VerifierSpec":
+        if self.type == "code_exec" and not self.tests:
+            raise ValueError("a code_exec verifier needs `tests:` (e.g. `tests: meta:test` or inline asserts)")
+        if self.type == "regex" and not self.pattern:
+            raise ValueError("a regex verifier needs `pattern:`")
+        if self.type == "regex":
+            import re
+
+            try:
+                re.compile(self.pattern or "")
+            except re.error as e:
+                raise ValueError(f"pattern does not compile: {e}") from None
+        if self.type == "length" and self.min_words is None and self.max_words is None:
+            raise ValueError("a length verifier needs `min_words:` and/or `max_words:`")
+        return self
+
+
+class Criterion(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    kind: Literal["llm", "verifier"] = "llm"
+    # level -> anchor text; required for llm criteria
+    scale: dict[int, str] | None = None
+    weight: float = Field(1.0, ge=0.0)
+    verifier: VerifierSpec | None = None
+
+    @model_validator(mode="after")
+    def _kind(self) -> "Criterion":
+        if self.kind == "llm":
+            if self.scale is not None and len(self.scale) < 2:
+                raise ValueError(f"criterion {self.name!r}: a scale needs at least two levels")
+            levels = sorted(self.scale or {0: "", 1: ""})
+            if levels != list(range(levels[0], levels[-1] + 1)):
+                raise ValueError(f"criterion {self.name!r}: scale levels must be consecutive integers, got {levels}")
+            if not self.description:
+                raise ValueError(f"criterion {self.name!r} needs a `description:` the judge can follow")
+            if self.verifier is not None:
+                raise ValueError(f"criterion {self.name!r}: `verifier:` needs `kind: verifier`")
+        elif self.verifier is None:
+            raise ValueError(f"criterion {self.name!r} has kind verifier but no `verifier:` settings")
+        return self
+
+    @property
+    def lo(self) -> int:
+        return min(self.scale) if self.scale else 0
+
+    @property
+    def hi(self) -> int:
+        return max(self.scale) if self.scale else 1
+
+
+class FlagThresholds(Strict):
+    jury_disagreement: float = Field(0.5, ge=0.0, le=1.0, description="flag when per-item agreement is below this")
+    low_score: float | None = Field(None, ge=0.0, le=1.0, description="flag items whose overall score_norm is below this")
+
+
+class Rubric(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    version: str = "1"
+    task: str = Field(description="what the judged responses were asked to do; shown to every judge")
+    mode: Literal["pointwise", "pairwise", "ranking"] = "pointwise"
+    criteria: list[Criterion] = Field(min_length=1)
+    judges: list[JudgeSpec] = Field(default_factory=lambda: [JudgeSpec()])
+    aggregation: Literal["mean", "majority", "weighted"] = "weighted"
+    retries: int = Field(1, ge=0, le=3, description="re-asks after an unparseable answer, with the error shown")
+    flags: FlagThresholds = FlagThresholds()
+    path: str | None = Field(None, exclude=True)
+    _hashes: dict[str, str] = PrivateAttr(default_factory=dict)  # a rubric is not edited after loading
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, (int, float)) else v
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Rubric":
+        seen = set()
+        for i, c in enumerate(self.criteria):
+            if c.name in seen:
+                raise LocatedError(f"criterion name {c.name!r} is used twice; give each criterion its own name", ("criteria", i, "name"))
+            seen.add(c.name)
+        for i, c in enumerate(self.criteria):
+            if self.mode == "pointwise" and c.kind == "llm" and not c.scale:
+                raise LocatedError(
+                    f"criterion {c.name!r} needs a `scale:` (level: anchor text, e.g. 1: poor ... 5: excellent)", ("criteria", i))
+            if self.mode != "pointwise" and c.kind != "llm":
+                raise LocatedError(f"criterion {c.name!r}: verifiers apply to pointwise rubrics only; move it to a pointwise rubric", ("criteria", i))
+        return self
+
+    def criterion_hash(self, c: Criterion) -> str:
+        key = "criterion:" + c.name
+        if key not in self._hashes:
+            self._hashes[key] = content_id("criterion", {
+                "task": self.task, "mode": self.mode, "criterion": c.model_dump(mode="json", by_alias=True, exclude={"weight"}),
+            })[:16]
+        return self._hashes[key]
+
+    @property
+    def rubric_hash(self) -> str:
+        if "rubric" not in self._hashes:
+            self._hashes["rubric"] = content_id("rubric", self.model_dump(mode="json", by_alias=True, exclude={"path"}))[:16]
+        return self._hashes["rubric"]
+
+    def llm_criteria(self) -> list[Criterion]:
+        return [c for c in self.criteria if c.kind == "llm"]
+
+    def verifier_criteria(self) -> list[Criterion]:
+        return [c for c in self.criteria if c.kind == "verifier"]
+
+
+# -- loading with line numbers ---------------------------------------------------------------
+
+def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map every key path (as pydantic reports it in `loc`) to its 1-based line in the file."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key: Any = k.value
+            if isinstance(key, str) and key.lstrip("-").isdigit():
+                out[path + (int(key),)] = k.start_mark.line + 1
+            out[path + (key,)] = k.start_mark.line + 1
+            _line_map(v, path + (key,), out)
+            out[path + (key,)] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _line_map(v, path + (i,), out)
+    return out
+
+
+def _line_for(loc: tuple, lines: dict[tuple, int]) -> int:
+    loc = tuple(x for x in loc if not (isinstance(x, str) and ("[" in x or x.startswith("function-"))))
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return 1
+
+
+_HINTS = {
+    "extra_forbidden": "unknown key; check its spelling (allowed keys are in docs/readme/judge.md)",
+    "missing": "required key is missing; add it",
+}
+
+
+def load_rubric(path: str | Path) -> Rubric:
+    """Read and validate a rubric; a mistake raises UserError('<file>:<line>: what; fix')."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"--rubric {p}: no such file; the shipped rubrics are in prompts/ (e.g. prompts/code.yaml)")
+    text = p.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise UserError(f"{p}:{line}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}:1: a rubric is a mapping with name, task, criteria; see prompts/helpfulness.yaml")
+    lines = _line_map(node) if node is not None else {}
+    try:
+        rubric = Rubric.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        located = (err.get("ctx") or {}).get("error")
+        if isinstance(located, LocatedError):
+            loc = loc + located.loc
+        where = ".".join(str(x) for x in loc if not (isinstance(x, str) and "[" in x))
+        msg = err["msg"].removeprefix("Value error, ")
+        hint = _HINTS.get(err["type"])
+        key = f"`{where}`: " if where else ""
+        raise UserError(f"{p}:{_line_for(loc, lines)}: {key}{msg}" + (f"; {hint}" if hint else "")) from None
+    rubric.path = str(p)
+    return rubric

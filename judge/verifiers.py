@@ -1,0 +1,217 @@
+"""Programmatic criteria: checks whose truth does not need an LLM.
+
+Each verifier maps (prompt, response) to a `VerifierResult` with a score in [0, 1] or, when it
+does not apply or cannot run, `score=None` and an error (stored as a `verifier_failed` flag).
+A verifier never raises for one item.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from corpus import Corpus, UserError
+
+from .rubric import VerifierSpec
+from .sandbox import build_program, run_many
+
+
+@dataclass
+class VerifierResult:
+    score: float | None
+    detail: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+Item = tuple[dict[str, Any], str]  # (prompt row with messages/meta, response)
+
+
+def _meta_ref(value: str | None, meta: dict[str, Any]) -> str | None:
+    """`meta:<key>` reads the prompt's meta; anything else is the literal value."""
+    if value is None:
+        return None
+    if value.startswith("meta:"):
+        v = meta.get(value[5:])
+        return v if isinstance(v, str) else None
+    return value
+
+
+def code_exec(spec: VerifierSpec, items: list[Item], workers: int = 4) -> list[VerifierResult]:
+    programs, slots, out = [], [], [VerifierResult(None) for _ in items]
+    for i, (prompt, response) in enumerate(items):
+        meta = prompt.get("meta") or {}
+        tests = _meta_ref(spec.tests, meta)
+        if not tests:
+            out[i] = VerifierResult(None, error=f"prompt has no tests ({spec.tests} is missing); add them to the prompt's meta")
+            continue
+        entry = _meta_ref(spec.entry_point or "meta:entry_point", meta)
+        prefix = meta.get("code_prefix") or meta.get("prompt_code")
+        if not isinstance(prefix, str) and entry:
+            # HumanEval-style prompts are the code stub itself: an answer that only writes the
+            # body (or repeats nothing) is completed with it, as HumanEval's own harness does
+            text = ((prompt.get("messages") or [{}])[-1]).get("content", "")
+            prefix = text if re.search(rf"def\s+{re.escape(entry)}\s*\(", text) else None
+        programs.append(build_program(response, tests, entry, prefix if isinstance(prefix, str) else None))
+        slots.append(i)
+    for i, r in zip(slots, run_many(programs, workers=workers, timeout_s=spec.timeout_s, memory_mb=spec.memory_mb)):
+        detail = {"status": r.status, "returncode": r.returncode, "duration_s": r.duration_s,
+                  "stderr_tail": r.stderr[-400:], "isolation": r.isolation}
+        out[i] = VerifierResult(1.0 if r.passed else 0.0, detail,
+                                error=f"sandbox error: {r.stderr[-200:]}" if r.status == "error" else None)
+        if r.status == "error":
+            out[i].score = None
+    return out
+
+
+def regex(spec: VerifierSpec, items: list[Item]) -> list[VerifierResult]:
+    pat = re.compile(spec.pattern or "", re.MULTILINE)
+    return [VerifierResult(float(bool(pat.search(resp)) == spec.must_match), {"matched": bool(pat.search(resp))})
+            for _, resp in items]
+
+
+def _first_json(text: str) -> Any:
+    body = text.strip()
+    m = re.search(r"```(?:json)?\s*\n(.*?)```", body, re.DOTALL)
+    if m:
+        body = m.group(1).strip()
+    return json.loads(body)
+
+
+def json_schema(spec: VerifierSpec, items: list[Item]) -> list[VerifierResult]:
+    import jsonschema
+
+    out = []
+    for _, resp in items:
+        try:
+            value = _first_json(resp)
+        except (json.JSONDecodeError, ValueError) as e:
+            out.append(VerifierResult(0.0, {"valid_json": False, "error": str(e)[:200]}))
+            continue
+        if spec.json_schema is None:
+            out.append(VerifierResult(1.0, {"valid_json": True}))
+            continue
+        errors = list(jsonschema.Draft202012Validator(spec.json_schema).iter_errors(value))
+        out.append(VerifierResult(0.0 if errors else 1.0, {"valid_json": True, "errors": [e.message[:200] for e in errors[:3]]}))
+    return out
+
+
+def length(spec: VerifierSpec, items: list[Item]) -> list[VerifierResult]:
+    out = []
+    for _, resp in items:
+        n = len(resp.split())
+        ok = (spec.min_words is None or n >= spec.min_words) and (spec.max_words is None or n <= spec.max_words)
+        out.append(VerifierResult(float(ok), {"words": n}))
+    return out
+
+
+# -- checkable instructions (train synthesizes them in prompt meta["checks"]) --------------------
+
+def _bullets(t: str) -> int:
+    return len(re.findall(r"^\s*(?:[-*•]|\d+[.)])\s+\S", t, re.MULTILINE))
+
+
+def _is_json(t: str) -> bool:
+    try:
+        _first_json(t)
+        return True
+    except (json.JSONDecodeError, ValueError):
+        return False
+
+
+def _paragraphs(t: str) -> int:
+    return len([p for p in re.split(r"\n\s*\n|^\s*\*\*\*\s*$", t.strip(), flags=re.MULTILINE) if p.strip()])
+
+
+CHECKS: dict[str, Callable[[str, dict[str, Any]], bool]] = {
+    "bullet_count": lambda t, c: _bullets(t) == int(c["n"]),
+    "include_word": lambda t, c: re.search(rf"\b{re.escape(str(c['word']))}\b", t, re.IGNORECASE) is not None,
+    "valid_json": lambda t, c: _is_json(t),
+    "max_words": lambda t, c: len(t.split()) <= int(c["n"]),
+    "min_words": lambda t, c: len(t.split()) >= int(c["n"]),
+    "lowercase": lambda t, c: t == t.lower(),
+    "no_commas": lambda t, c: "," not in t,
+    "ends_with": lambda t, c: t.rstrip().endswith(str(c["text"]).rstrip()),
+    "num_paragraphs": lambda t, c: _paragraphs(t) == int(c["n"]),
+}
+
+
+def check_instruction(response: str, check: dict[str, Any]) -> bool:
+    """One checkable instruction; raises KeyError/ValueError on a malformed check."""
+    return CHECKS[check["type"]](response, check)
+
+
+def checkable(spec: VerifierSpec, items: list[Item]) -> list[VerifierResult]:
+    out = []
+    for prompt, resp in items:
+        checks = (prompt.get("meta") or {}).get("checks")
+        if not isinstance(checks, list) or not checks:
+            out.append(VerifierResult(None, error="prompt has no meta.checks; this verifier needs checkable instructions"))
+            continue
+        results, bad = [], None
+        for c in checks:
+            try:
+                results.append({"type": c["type"], "passed": check_instruction(resp, c)})
+            except (KeyError, ValueError, TypeError) as e:
+                bad = f"malformed check {json.dumps(c)[:80]}: {type(e).__name__} {e}; known types: {', '.join(CHECKS)}"
+                break
+        if bad:
+            out.append(VerifierResult(None, error=bad))
+        else:
+            out.append(VerifierResult(sum(r["passed"] for r in results) / len(results), {"checks": results}))
+    return out
+
+
+# -- reward model ---------------------------------------------------------------------------------
+
+def resolve_reward_model(corpus: Corpus, ref: str | None) -> dict[str, Any]:
+    if ref in (None, "latest"):
+        rows = corpus.query("SELECT id, path FROM models WHERE kind = 'rm' ORDER BY created_at DESC LIMIT 1")
+    else:
+        rows = corpus.query("SELECT id, path FROM models WHERE id = ? AND kind = 'rm'", [ref])
+    if not rows:
+        raise UserError(f"reward_model verifier: no reward model {ref or 'latest'!r} in the models table; "
+                        "train one with `python -m train rm ...` or set `model:` to a models.id of kind rm")
+    return rows[0]
+
+
+def reward_model(spec: VerifierSpec, items: list[Item], corpus: Corpus, batch_size: int = 8) -> list[VerifierResult]:
+    """Score (prompt, response) with a sequence-classification reward model; score = sigmoid(logit)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    row = resolve_reward_model(corpus, spec.model)
+    try:
+        tok = AutoTokenizer.from_pretrained(row["path"])
+        model = AutoModelForSequenceClassification.from_pretrained(row["path"]).eval()
+    except Exception as e:
+        raise UserError(f"reward model {row['id']} at {row['path']} cannot be loaded ({str(e).splitlines()[0][:160]}); "
+                        "check the models table row") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    texts = []
+    for prompt, resp in items:
+        msgs = list(prompt.get("messages") or []) + [{"role": "assistant", "content": resp}]
+        if tok.chat_template:
+            texts.append(tok.apply_chat_template(msgs, tokenize=False))
+        else:
+            texts.append("\n".join(f"{m['role']}: {m['content']}" for m in msgs))
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(texts), batch_size):
+            enc = tok(texts[s : s + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=2048)
+            logits = model(**enc).logits[:, 0].float().tolist()
+            for raw in logits:
+                out.append(VerifierResult(1 / (1 + math.exp(-raw)), {"reward": raw, "model_id": row["id"]}))
+    return out
+
+
+def run_verifier(spec: VerifierSpec, items: list[Item], corpus: Corpus) -> list[VerifierResult]:
+    if spec.type == "code_exec":
+        return code_exec(spec, items)
+    if spec.type == "reward_model":
+        return reward_model(spec, items, corpus)
+    return {"regex": regex, "json_schema": json_schema, "length": length, "checkable": checkable}[spec.type](spec, items)
