@@ -1,0 +1,124 @@
+"""`python -m review sample|add-reviewer|serve|next|report|release`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from corpus import ArgumentParser, Corpus, UserError
+
+from .auth import add_reviewer, disable_reviewer
+from .release import DEFAULT_MIN_REVIEWS, DEFAULT_THRESHOLD, release
+from .report import agreement_report, plot_report, print_report, set_score_threshold
+from .sampler import sample_queue
+
+
+def _parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="review", description="The human spot-check queue: sample, review, calibrate, release.")
+    ap.add_argument("--db", default="corpus.duckdb", help="corpus file (default corpus.duckdb)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("sample", help="add a stratified sample (disputed items first) to the queue")
+    s.add_argument("--size", type=int, required=True, help="items to add")
+    s.add_argument("--population", choices=["auto", "accepted", "judged"], default="auto",
+                   help="draw from accepted_sft, from every judged generation, or auto: accepted_sft when it has rows")
+    s.add_argument("--rubric", help="only this rubric's scores define strata and disputes")
+    s.add_argument("--buckets", type=int, default=4, help="score buckets per criterion (default 4)")
+    s.add_argument("--threshold", type=float, default=0.5, help="overall score cut the filters use (default 0.5)")
+    s.add_argument("--margin", type=float, default=0.05, help="|score - threshold| <= margin counts as disputed (default 0.05)")
+    s.add_argument("--disputed-share", type=float, default=0.5, help="at most this share of the sample is disputed items (default 0.5)")
+    s.add_argument("--seed", type=int, default=0)
+
+    a = sub.add_parser("add-reviewer", help="register a reviewer and print a login token once")
+    a.add_argument("name")
+    a.add_argument("--rotate", action="store_true", help="issue a new token for an existing reviewer (old one stops working)")
+
+    d = sub.add_parser("disable-reviewer", help="revoke a reviewer's token and sessions (verdicts stay)")
+    d.add_argument("name")
+
+    v = sub.add_parser("serve", help="serve the review page")
+    v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; put TLS in front for other hosts)")
+    v.add_argument("--port", type=int, default=8000)
+
+    n = sub.add_parser("next", help="review queued items in the terminal")
+    n.add_argument("--reviewer", required=True, help="a name registered with add-reviewer")
+    n.add_argument("--limit", type=int, help="stop after this many answers")
+
+    r = sub.add_parser("report", help="judge-vs-human agreement and the approval rate")
+    r.add_argument("--plot", type=Path, help="also draw the figures into this PNG")
+    r.add_argument("--score-threshold", type=float,
+                   help="binarize judge scores at this cut (stored; the judge reads the same figures)")
+    r.add_argument("--confidence", type=float, default=0.95)
+
+    g = sub.add_parser("release", help="release the filtered snapshot if the reviewed sample passes")
+    g.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"the Wilson lower bound of the approval rate must reach this (default {DEFAULT_THRESHOLD})")
+    g.add_argument("--min-reviews", type=int, default=DEFAULT_MIN_REVIEWS,
+                   help=f"reviewed items of the snapshot needed (default {DEFAULT_MIN_REVIEWS})")
+    g.add_argument("--confidence", type=float, default=0.95)
+    g.add_argument("--auto", action="store_true", help="release without the gate, recorded as auto_released (no human checked)")
+    for parser in sub.choices.values():  # `review sample --db X` works as well as `review --db X sample`
+        parser.add_argument("--db", default=argparse.SUPPRESS, help="corpus file (default corpus.duckdb)")
+    return ap
+
+
+def _summary(title: str, rows: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False)
+    for k, v in rows.items():
+        t.add_row(str(k), f"{v:.3f}" if isinstance(v, float) else str(v))
+    Console().print(t)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for flag in ("confidence",):
+        val = getattr(args, flag, None)
+        if val is not None and not 0 < val < 1:
+            raise UserError(f"--confidence {val}: must be between 0 and 1, e.g. 0.95")
+    corpus = Corpus(args.db, create=False)
+    if args.cmd == "sample":
+        res = sample_queue(corpus, args.size, args.population, args.buckets, args.threshold, args.margin,
+                           args.disputed_share, args.seed, args.rubric)
+        strata = res.pop("strata")
+        _summary("review sample", {**res, **{f"stratum {k}": n for k, n in strata.items()}})
+    elif args.cmd == "add-reviewer":
+        token = add_reviewer(corpus, args.name, args.rotate)
+        print(f"reviewer {args.name}: token (shown once, stored hashed):\n{token}")
+    elif args.cmd == "disable-reviewer":
+        disable_reviewer(corpus, args.name)
+        print(f"reviewer {args.name}: disabled; `add-reviewer {args.name} --rotate` enables it with a new token")
+    elif args.cmd == "serve":
+        from .web import serve
+
+        print(f"review page on http://{args.host}:{args.port}/  (Ctrl-C to stop)")
+        serve(args.db, args.host, args.port)
+    elif args.cmd == "next":
+        from .terminal import review_in_terminal
+
+        counts = review_in_terminal(corpus, args.reviewer, limit=args.limit)
+        _summary("review next", counts)
+    elif args.cmd == "report":
+        if args.score_threshold is not None:
+            set_score_threshold(corpus, args.score_threshold)
+        rep = agreement_report(corpus, args.confidence)
+        print_report(rep)
+        if args.plot:
+            print(f"wrote {plot_report(rep, args.plot)}")
+    elif args.cmd == "release":
+        if not 0 <= args.threshold <= 1:
+            raise UserError(f"--threshold {args.threshold}: must be between 0 and 1")
+        if args.min_reviews < 0:
+            raise UserError(f"--min-reviews {args.min_reviews}: must be >= 0")
+        res = release(corpus, args.threshold, args.min_reviews, args.auto, args.confidence)
+        missing = res.pop("missing")
+        _summary(f"review release: {res['decision']}", {k: v for k, v in res.items() if v is not None})
+        if res["decision"] == "blocked":
+            print("not released; missing:")
+            for m in missing:
+                print(f"  - {m}")
+            return 1
+    return 0
