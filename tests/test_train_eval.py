@@ -1,0 +1,117 @@
+"""Checkable instructions, prompt synthesis and `train eval` on tiny real models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backends.fake import FakeBackend
+from corpus import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("check,good,bad", [
+    ({"type": "bullet_count", "n": 3}, "- a\n- b\n* c", "- a\n- b"),
+    ({"type": "include_word", "word": "because"}, "Because it rains.", "Since it rains."),
+    ({"type": "valid_json"}, '```json\n{"a": 1}\n```', "{'a': 1}"),
+    ({"type": "max_words", "n": 3}, "one two three", "one two three four"),
+    ({"type": "min_words", "n": 3}, "one two three", "one two"),
+    ({"type": "lowercase"}, "all small here", "Not small"),
+    ({"type": "no_commas"}, "no commas here", "a, b"),
+    ({"type": "ends_with", "text": "That is all."}, "Done. That is all.  ", "That is all. Done."),
+    ({"type": "num_paragraphs", "n": 2}, "one\n\n  \n\ntwo", "one\ntwo"),
+])
+def test_each_check_passes_good_and_fails_bad(check, good, bad):
+    from train.checks import pass_fraction
+
+    assert pass_fraction(good, [check]) == 1.0
+    assert pass_fraction(bad, [check]) == 0.0
+
+
+def test_synthesized_prompts_carry_checks_and_are_deterministic(shared_data, corpus, tmp_path):
+    from train.synth import run_prompts
+
+    bases = [shared_data / "arena_hard_prompts.jsonl", shared_data / "selfinstruct_seed_tasks.jsonl"]
+    out = tmp_path / "p.jsonl"
+    s = run_prompts(corpus, bases, 30, out=out, seed=3)
+    assert s["prompts"] == s["written"] == 30
+    rows = corpus.query("SELECT text, meta FROM prompts")
+    for r in rows:
+        checks = json.loads(r["meta"])["checks"]
+        types = [c["type"] for c in checks]
+        assert 1 <= len(checks) <= 2 and len(set(types)) == len(types)
+        assert not ({"valid_json", "bullet_count"} <= set(types))  # conflicting instructions never combine
+        if "max_words" in types:
+            n = next(c["n"] for c in checks if c["type"] == "max_words")
+            assert isinstance(n, int) and f"no more than {n} words" in r["text"]
+    again = tmp_path / "q.jsonl"
+    run_prompts(None, bases, 30, out=again, seed=3)
+    assert out.read_text() == again.read_text()
+    assert run_prompts(corpus, bases, 30, seed=3)["written"] == 0  # same prompts, same ids
+
+
+def test_bad_template_names_file_and_line(tmp_path):
+    from train.synth import load_templates
+
+    bad = tmp_path / "t.yaml"
+    bad.write_text("templates:\n  - name: ok\n    text: x\n    check: {type: lowercase}\n"
+                   "  - name: broken\n    text: 'Use {n} words'\n    check: {type: max_words, n: '{n}'}\n")
+    with pytest.raises(UserError, match=r"t.yaml:5: template broken uses \{n\}"):
+        load_templates(bad)
+
+
+def _eval_prompts(tmp_path: Path) -> Path:
+    p = tmp_path / "eval.jsonl"
+    rows = [
+        {"prompt": "List three fruits.", "checks": [{"type": "bullet_count", "n": 3}]},
+        {"prompt": "Say hi.", "checks": [{"type": "max_words", "n": 5}, {"type": "lowercase"}]},
+        {"messages": [{"role": "user", "content": "Tell me a fact."}]},
+    ]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def test_eval_against_base_with_a_scripted_judge(corpus, tiny_model_dir, tmp_path):
+    """The pairwise judge is a FakeBackend that always answers "A" (a judge with pure position
+    bias): asking in both orders must turn that into ties, a win rate of exactly 0.5."""
+    from tests.test_train import seed_release
+    from train import train_model
+    from train.evaluate import run_eval
+
+    seed_release(corpus)
+    mid = train_model(corpus, "sft", base=str(tiny_model_dir), out=tmp_path / "m", max_steps=1, batch_size=2,
+                      max_length=64, lr=1e-2, progress=False)
+    judge = FakeBackend("always-a", default="A")
+    m = run_eval(corpus, mid, _eval_prompts(tmp_path), judge=judge, max_new_tokens=8, progress=False)
+    assert m["judge_win_rate"] == 0.5 and m["win_rate"] == 0.5 and len(judge.history) == 6
+    assert m["prompts"] == 3 and 0.0 <= m["pass_rate"] <= 1.0
+    assert set(m["pass_rate_by_check"]) == {"bullet_count", "max_words", "lowercase"}
+    row = corpus.query("SELECT model_id, baseline_id, metrics FROM model_evals")[0]
+    base_id = corpus.query("SELECT parent_id FROM models WHERE id = ?", [mid])[0]["parent_id"]
+    assert (row["model_id"], row["baseline_id"]) == (mid, base_id)
+
+
+def test_reward_model_accuracy_on_held_out_pairs(corpus, tiny_model_dir, tmp_path, shared_data):
+    from tests.test_train import seed_release
+    from train import train_model
+    from train.evaluate import run_eval
+
+    seed_release(corpus)
+    mid = train_model(corpus, "rm", base=str(tiny_model_dir), out=tmp_path / "rm", max_steps=1, batch_size=2,
+                      max_length=64, progress=False)
+    m = run_eval(corpus, mid, pairs=str(shared_data / "hh_helpful_dev.jsonl"), limit=6, progress=False)
+    assert m["rm_pairs"] == 6 and 0.0 <= m["rm_accuracy"] <= 1.0
+
+
+def test_cli_prompts_writes_jsonl(shared_data, tmp_path):
+    out = tmp_path / "p.jsonl"
+    r = subprocess.run([sys.executable, "-m", "train", "prompts", "--base", str(shared_data / "arena_hard_prompts.jsonl"),
+                        "--n", "5", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(rows) == 5 and all(r["checks"] and r["messages"][0]["role"] == "user" for r in rows)

@@ -1,0 +1,235 @@
+"""`python -m train sft|rm|dpo|eval|prompts|loop|report`: thin wrappers over plain functions."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from backends import BackendError, add_backend_args, backend_from_args
+from corpus import ArgumentParser, Corpus, UserError
+
+
+def _add_train_parser(sub, kind: str, help: str) -> None:  # noqa: ANN001
+    p = sub.add_parser(kind, help=help)
+    p.add_argument("--db", required=True, help="corpus file")
+    p.add_argument("--base", default=None, help="model folder, registered model id, hub id, or 'embedded' (default)")
+    p.add_argument("--out", required=True, help="folder for the trained model (and its checkpoints)")
+    p.add_argument("--release", default=None, help="release id (default: the latest released one)")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved model)")
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (default: --epochs decide)")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default 1)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 2e-5 sft, 1e-5 rm, 5e-6 dpo; x10 with --lora)")
+    p.add_argument("--batch-size", type=int, default=4, help="rows per step (default 4)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per row (default 512)")
+    p.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (default 50)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    if kind == "dpo":
+        p.add_argument("--beta", type=float, default=0.1, help="DPO beta (default 0.1)")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m train", description="Train on released data; run the model-trains-model loop.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _add_train_parser(sub, "sft", "supervised fine-tuning on a release's accepted SFT rows")
+    _add_train_parser(sub, "rm", "a reward model on a release's preference pairs")
+    _add_train_parser(sub, "dpo", "DPO on a release's preference pairs (the base is the reference)")
+    p = sub.add_parser("prompts", help="synthesize checkable-instruction prompts from base prompts + templates")
+    p.add_argument("--base", nargs="+", required=True, help="base prompt JSONL file(s): Arena-Hard, Self-Instruct, {prompt} or {messages}")
+    p.add_argument("--n", type=int, required=True, help="how many prompts to make")
+    p.add_argument("--db", default=None, help="corpus to add the prompts to")
+    p.add_argument("--out", default=None, help="also write them as JSONL (for --prompts of generate, eval, loop)")
+    p.add_argument("--templates", default=None, help="instruction templates YAML (default prompts/checkable_templates.yaml)")
+    p.add_argument("--max-checks", type=int, default=2, help="instructions per prompt, at most (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    p = sub.add_parser("eval", help="win rate vs the base model, verifier pass rates, length; rm accuracy")
+    p.add_argument("--db", required=True, help="corpus file")
+    p.add_argument("--model", required=True, help="registered model id (or a model folder)")
+    p.add_argument("--prompts", default=None, help="eval prompts JSONL (checks in 'checks' or meta.checks)")
+    p.add_argument("--baseline", default=None, help="model to compare with (default: the model's base)")
+    p.add_argument("--pairs", default=None, help="reward model: held-out pairs JSONL {prompt, chosen, rejected} (default: corpus pairs outside its release)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N prompts / pairs")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="reply length cap (default 128)")
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default 16)")
+    add_backend_args(p, prefix="judge-")  # name --judge-model/--judge-backend for an LLM win-rate judge
+
+    p = sub.add_parser("loop", help="generate -> judge -> filter -> review -> DPO -> eval, K rounds; resumable")
+    p.add_argument("--db", required=True, help="corpus file")
+    p.add_argument("--prompts", required=True, help="training prompts JSONL (e.g. from `python -m train prompts --out`)")
+    p.add_argument("--rubric", required=True, help="judge rubric YAML, e.g. prompts/instructions.yaml")
+    p.add_argument("--rounds", type=int, default=2, help="rounds to run (default 2); rerun with more to continue")
+    p.add_argument("--base", default=None, help="M_0: model folder, registered id, or 'embedded' (default)")
+    p.add_argument("--workdir", default=None, help="where round models go (default: <db>-loop/)")
+    p.add_argument("--eval-prompts", default=None, help="held-out eval prompts (default: a fifth of --prompts, by id)")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N prompts")
+    p.add_argument("--n", type=int, default=4, help="candidates per prompt per round (default 4)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="reply length cap (default 128)")
+    p.add_argument("--auto-release", action="store_true", help="release without human review (recorded as auto_released)")
+    p.add_argument("--threshold", type=float, default=None, help="review gate: approval lower bound needed (review's default)")
+    p.add_argument("--min-reviews", type=int, default=None, help="review gate: reviewed items needed (review's default)")
+    p.add_argument("--filters-config", default=None, help="filters YAML (default: the filters package's default)")
+    p.add_argument("--train-rm", action="store_true", help="also train a reward model each round; it joins the next round's jury")
+    p.add_argument("--lora", action="store_true", help="LoRA for the DPO (and RM) steps")
+    p.add_argument("--max-steps", type=int, default=-1, help="DPO steps per round (default: --epochs decide)")
+    p.add_argument("--epochs", type=float, default=1.0, help="DPO epochs per round (default 1)")
+    p.add_argument("--batch-size", type=int, default=4, help="DPO batch size (default 4)")
+    p.add_argument("--lr", type=float, default=None, help="DPO learning rate (default 5e-6; 5e-5 with --lora)")
+    p.add_argument("--beta", type=float, default=0.1, help="DPO beta (default 0.1)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per training row (default 512)")
+    p.add_argument("--save-steps", type=int, default=50, help="checkpoint every N training steps (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    add_backend_args(p, prefix="judge-")  # name --judge-model/--judge-backend for an LLM win-rate judge
+
+    p = sub.add_parser("report", help="per-round table and PNG: win rate vs M0, pass rates, length, reward, agreement")
+    p.add_argument("--db", required=True, help="corpus file")
+    p.add_argument("--loop", default=None, help="loop id (default: the latest loop)")
+    p.add_argument("--plot", default=None, help="write the PNG here, e.g. rounds.png")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.cmd in ("sft", "rm", "dpo"):
+        return _train(args, argv)
+    if args.cmd == "prompts":
+        return _prompts(args, argv)
+    if args.cmd == "eval":
+        return _eval(args, argv)
+    if args.cmd == "loop":
+        return _loop(args, argv)
+    if args.cmd == "report":
+        return _report(args)
+    raise AssertionError(args.cmd)
+
+
+def _train(args, argv: list[str]) -> int:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    from .registry import get_model
+    from .trainers import train_model
+
+    corpus = Corpus(args.db, create=False)
+    model_id = train_model(
+        corpus, args.cmd, base=args.base, out=args.out, release=args.release, lora=args.lora,
+        max_steps=args.max_steps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        max_length=args.max_length, beta=getattr(args, "beta", 0.1), save_steps=args.save_steps,
+        resume=args.resume, argv=["train", *argv],
+    )
+    row = get_model(corpus, model_id)
+    assert row is not None
+    import json
+
+    metrics = json.loads(row["metrics"]) if isinstance(row["metrics"], str) else row["metrics"]
+    table = Table(title=f"train {args.cmd}: {model_id}")
+    table.add_column("field")
+    table.add_column("value")
+    for k in ("parent_id", "release_id", "path"):
+        table.add_row(k, str(row[k]))
+    for k in ("steps", "final_loss", "train_runtime", "train_samples_per_second", "accuracy", "rewards/accuracies"):
+        if k in metrics:
+            v = metrics[k]
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    print(f"model {model_id} saved to {row['path']}")
+    return 0
+
+
+def _prompts(args, argv: list[str]) -> int:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    from .synth import DEFAULT_TEMPLATES, run_prompts
+
+    corpus = Corpus(args.db) if args.db else None
+    summary = run_prompts(corpus, args.base, args.n, args.templates or DEFAULT_TEMPLATES, seed=args.seed,
+                          max_checks=args.max_checks, out=args.out, argv=["train", *argv])
+    table = Table(title=f"{summary['prompts']} prompts, {summary['written']} new")
+    table.add_column("check")
+    table.add_column("prompts", justify="right")
+    for k, v in sorted(summary["checks_by_type"].items()):
+        table.add_row(k, str(v))
+    Console().print(table)
+    if summary["out"]:
+        print(f"wrote {summary['out']}")
+    return 0
+
+
+def _eval(args, argv: list[str]) -> int:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    from .evaluate import run_eval
+
+    corpus = Corpus(args.db, create=False)
+    # an LLM win-rate judge only when named: the default model is the usual label judge
+    judge = _judge_if_named(args, argv) if args.prompts else None
+    m = run_eval(corpus, args.model, args.prompts, baseline=args.baseline, judge=judge, pairs=args.pairs,
+                 limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                 argv=["train", *argv])
+    table = Table(title=f"eval {m['model_id']} vs {m['baseline_id']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in m.items():
+        if k in ("model_id", "baseline_id"):
+            continue
+        if isinstance(v, dict):
+            v = ", ".join(f"{a} {b:.2f}" for a, b in v.items())
+        table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    return 0
+
+
+def _judge_if_named(args, argv: list[str]):  # noqa: ANN001, ANN202
+    if not any(a.startswith(("--judge-model", "--judge-backend")) for a in argv):
+        return None
+    try:
+        return backend_from_args(args, prefix="judge-")
+    except BackendError as e:
+        raise UserError(str(e)) from e
+
+
+def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
+    from rich.console import Console
+
+    from .loop import run_loop
+    from .report import loop_rounds, report_table
+
+    corpus = Corpus(args.db)
+    out = run_loop(
+        corpus, args.prompts, args.rubric, args.rounds, judge=_judge_if_named(args, argv),
+        base=args.base, workdir=args.workdir, eval_prompts=args.eval_prompts, eval_limit=args.eval_limit,
+        n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens, auto_release=args.auto_release,
+        threshold=args.threshold, min_reviews=args.min_reviews, filters_config=args.filters_config,
+        train_rm=args.train_rm, lora=args.lora, max_steps=args.max_steps, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, beta=args.beta, max_length=args.max_length, save_steps=args.save_steps, seed=args.seed,
+    )
+    console = Console()
+    loop_id, rows = loop_rounds(corpus, out["loop_id"])
+    if rows:
+        console.print(report_table(loop_id, rows))
+    if out["status"] == "waiting":
+        missing = "; ".join(out.get("missing") or [])
+        print(f"loop {loop_id} waits for reviewers in round {out['round']}: {missing}. Review with "
+              f"`python -m review ... --db {args.db}`, then rerun this command (or add --auto-release).")
+        return 3
+    print(f"loop {loop_id} done: {out['rounds']} rounds, final model {out['model_id']}")
+    return 0
+
+
+def _report(args) -> int:  # noqa: ANN001
+    from rich.console import Console
+
+    from .report import loop_rounds, plot_rounds, report_table
+
+    corpus = Corpus(args.db, create=False)
+    loop_id, rows = loop_rounds(corpus, args.loop)
+    if not rows:
+        raise UserError(f"loop {loop_id} has no evaluated round yet: run `python -m train loop ...` on")
+    Console().print(report_table(loop_id, rows))
+    if args.plot:
+        plot_rounds(rows, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
