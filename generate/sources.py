@@ -92,7 +92,8 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+def jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """("file:line", parsed JSON) for each non-blank line; a bad line is a one-line UserError."""
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -160,7 +161,7 @@ def read_records(path: str | Path, split: str | None = None) -> Iterator[tuple[s
     elif suffix == ".json":
         yield from _json_records(p)
     else:
-        yield from _jsonl_records(p)
+        yield from jsonl_records(p)
 
 
 def load_prompts(

@@ -17,6 +17,7 @@ from typing import Any
 
 from backends import Backend, ChatRequest, SamplingParams
 from corpus import Corpus, UserError
+from generate.sources import jsonl_records
 
 from .checks import pass_fraction, run_checks, validate_check
 from .records import ModelEval
@@ -35,14 +36,9 @@ def load_eval_prompts(path: str | Path, limit: int | None = None) -> list[dict[s
     if not p.exists():
         raise UserError(f"--prompts {p}: no such file")
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{n}"
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+    for where, d in jsonl_records(p):
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: expected a JSON object with messages, prompt or turns")
         if isinstance(d.get("messages"), list):
             msgs = [{"role": m["role"], "content": m["content"]} for m in d["messages"]]
         elif isinstance(d.get("prompt"), str):

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import yaml
 
 from corpus import Corpus, Prompt, UserError
+from generate.sources import jsonl_records
 
 from .checks import validate_check
 
@@ -82,19 +83,11 @@ def base_prompts(path: str | Path) -> Iterator[tuple[str, str]]:
     p = Path(path)
     if not p.exists():
         raise UserError(f"--base {p}: no such file")
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{p}:{n}"
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg}); fix or remove the line") from None
-            text = _prompt_text(d)
-            if not text:
-                raise UserError(f"{where}: no prompt: expected turns, instruction, prompt, messages or text")
-            yield where, text
+    for where, d in jsonl_records(p):
+        text = _prompt_text(d)
+        if not text:
+            raise UserError(f"{where}: no prompt: expected turns, instruction, prompt, messages or text")
+        yield where, text
 
 
 def _prompt_text(d: Any) -> str | None:
