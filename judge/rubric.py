@@ -206,7 +206,7 @@ def _line_for(loc: tuple, lines: dict[tuple, int]) -> int:
 
 
 _HINTS = {
-    "extra_forbidden": "unknown key; check its spelling (allowed keys are in the README, section "Rubric YAML")",
+    "extra_forbidden": "unknown key; check its spelling (allowed keys are in the README's Rubric YAML section)",
     "missing": "required key is missing; add it",
 }
 
