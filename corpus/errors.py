@@ -7,8 +7,11 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from typing import Callable, NoReturn, Sequence
+import threading
+from typing import Callable, Iterator, NoReturn, Sequence
 
 
 class UserError(Exception):
@@ -23,7 +26,31 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Call `main(argv)`; turn a UserError (or Ctrl-C) into a one-line message and exit status."""
+    """Call `main(argv)`; turn a UserError (or Ctrl-C, or SIGTERM) into a one-line message and
+    an exit status."""
+    with _sigterm_as_interrupt():
+        return _run(prog, main, argv)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """`kill PID` (SIGTERM) ends a job like Ctrl-C: the run is recorded 'interrupted', not left
+    'running'. Only in the main thread, and the previous handler is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None) -> int:
     from pydantic import ValidationError
 
     try:

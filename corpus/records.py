@@ -6,6 +6,8 @@ so two runs that produce the same thing produce the same row.
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -46,8 +48,10 @@ class Run(Record):
     code_version: str | None = None
     started_at: datetime = Field(default_factory=now)
     ended_at: datetime | None = None
-    status: str = "running"
+    status: str = "running"  # running | ok | failed | interrupted | killed
     summary: dict[str, Any] | None = None
+    host: str | None = Field(default_factory=socket.gethostname)
+    pid: int | None = Field(default_factory=os.getpid)
 
 
 class Prompt(Record):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -277,8 +278,26 @@ class Corpus:
             config=config or {},
             code_version=code_version(),
         )
+        self.reap_dead_runs()
         self.insert([run])
         return run
+
+    def reap_dead_runs(self) -> list[str]:
+        """Mark 'killed' the runs still 'running' whose process on this host no longer exists.
+
+        A job killed with SIGKILL (or by the OOM killer) cannot record its own end; the next job
+        started on the same host does it for it. Runs of other hosts are left alone: their
+        processes cannot be seen from here. Returns the ids marked.
+        """
+        rows = self.query(
+            "SELECT id, pid FROM runs WHERE status = 'running' AND host = ? AND pid IS NOT NULL",
+            [socket.gethostname()],
+        )
+        dead = [r["id"] for r in rows if not _pid_alive(int(r["pid"]))]
+        if dead:
+            with self.transaction() as con:
+                con.executemany("UPDATE runs SET status = 'killed' WHERE id = ? AND status = 'running'", [[i] for i in dead])
+        return dead
 
     def finish_run(self, run: Run, status: str, summary: dict[str, Any] | None = None) -> None:
         self.execute(
@@ -337,3 +356,15 @@ class BatchWriter:
 
 def iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -80,6 +80,21 @@ def test_run_records_status_and_scrubs_secrets(corpus):
     assert scrub_argv(["--api-key=x", "a"]) == ["--api-key=***", "a"]
 
 
+def test_a_dead_processes_running_run_is_marked_killed_by_the_next_run(corpus):
+    from corpus import Run
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a real pid that no longer exists (reaped)
+    corpus.insert([
+        Run(command="generate", pid=dead.pid),                       # this host, process gone
+        Run(command="judge"),                                        # this host, this (live) process
+        Run(command="filters", host="another-machine", pid=dead.pid),  # cannot be checked from here
+    ])
+    corpus.start_run("generate")
+    status = {r["command"]: r["status"] for r in corpus.query("SELECT command, status FROM runs WHERE command != 'generate' OR status != 'running'")}
+    assert status == {"generate": "killed", "judge": "running", "filters": "running"}
+
+
 def test_call_cache_replays_ok_and_permanent_but_not_transient(corpus):
     corpus.save_calls([
         {"key": "k1", "backend": "b", "model": "m", "request": {}, "response": {"text": "hi"}, "status": "ok"},

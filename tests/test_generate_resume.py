@@ -113,3 +113,42 @@ def _kill_and_rerun(tmp_path, base_url, point, reached, capsys):
     assert last["candidates_existing"] == after_kill["generations"]
     assert last["calls_sent"] == TOTAL - after_kill["calls"]
     assert last["calls_cached"] == after_kill["calls"] - after_kill["generations"]
+    # the killed job could not record its end; the rerun, on the same host, marked it for it
+    assert [r["status"] for r in c.query("SELECT status FROM runs ORDER BY started_at")] == ["killed", "ok"]
+
+
+def test_sigterm_ends_the_job_as_interrupted_and_a_rerun_finishes(tmp_path, capsys):
+    """`kill PID` is Ctrl-C for a job: exit 130, the run recorded 'interrupted', nothing half-written."""
+    from openai_server import serve_in_subprocess
+
+    prompts_file = tmp_path / "p.jsonl"
+    prompts_file.write_text("".join(f'{{"prompt": "Say {i}."}}\n' for i in range(N_PROMPTS)))
+    db = tmp_path / "c.duckdb"
+    with serve_in_subprocess(latency_s=LATENCY_S) as base_url:
+        argv = ["--prompts", str(prompts_file), "--db", str(db), "--n", str(N), "--backend", "openai", "--model", "m",
+                "--base-url", base_url, "--concurrency", "1", "--max-new-tokens", "4", "--chunk-size", "1", "--no-progress"]
+        child = subprocess.Popen([sys.executable, "-m", "generate", *argv], cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        try:
+            while not (db.exists() and (c := counts(db)) is not None and c["calls"] >= 3):
+                assert child.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            child.send_signal(signal.SIGTERM)
+            assert child.wait(timeout=60) == 130
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        err = child.stderr.read()
+        assert "interrupted; rerun the same command" in err and "Traceback" not in err
+        c = Corpus(db)
+        assert [r["status"] for r in c.query("SELECT status FROM runs")] == ["interrupted"]
+        n_gen = c.query("SELECT count(*) AS n FROM generations")[0]["n"]
+        assert 0 < n_gen < TOTAL
+        c.close()
+        assert run_cli("generate", main, argv) == 0
+    capsys.readouterr()
+    c = Corpus(db)
+    assert c.query("SELECT count(*) AS n FROM generations")[0]["n"] == TOTAL
+    assert sorted(r["status"] for r in c.query("SELECT status FROM runs")) == ["interrupted", "ok"]
