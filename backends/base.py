@@ -61,7 +61,7 @@ class TokenLogprob(BaseModel):
 
 class Completion(BaseModel):
     text: str = ""
-    finish_reason: Literal["stop", "length", "error"] = "stop"
+    finish_reason: Literal["stop", "length", "content_filter", "error"] = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0

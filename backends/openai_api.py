@@ -141,6 +141,9 @@ class OpenAIBackend(Backend):
         self.backoff_max_s = backoff_max_s
         self.max_retry_after_s = max_retry_after_s
         self.json_mode = "json_schema"  # becomes "json_object" once a server rejects json_schema
+        # becomes "max_completion_tokens" once a server refuses max_tokens (OpenAI's reasoning
+        # models do); max_tokens first, because most OpenAI-compatible servers only know that one
+        self.max_tokens_key = "max_tokens"
         self._reached = False  # a response ever came back: later refusals are a restart, not a typo
 
     def __repr__(self) -> str:
@@ -177,14 +180,14 @@ class OpenAIBackend(Backend):
 
     # -- one request ------------------------------------------------------------------------
 
-    def _kwargs(self, req: ChatRequest, json_mode: str) -> dict[str, Any]:
+    def _kwargs(self, req: ChatRequest, json_mode: str, max_tokens_key: str = "max_tokens") -> dict[str, Any]:
         p = req.params
         kw: dict[str, Any] = {
             "model": self.model,
             "messages": [dict(m) for m in req.messages],
             "temperature": p.temperature,
             "top_p": p.top_p,
-            "max_tokens": p.max_new_tokens,
+            max_tokens_key: p.max_new_tokens,
         }
         if p.seed is not None:
             kw["seed"] = p.seed
@@ -224,15 +227,27 @@ class OpenAIBackend(Backend):
         return resp
 
     async def _send(self, client: openai.AsyncOpenAI, req: ChatRequest) -> Any:
-        try:
-            return await self._create(client, self._kwargs(req, self.json_mode))
-        except openai.APIStatusError as e:
-            if not (req.json_schema is not None and self.json_mode == "json_schema"
-                    and e.status_code in SCHEMA_REJECT_STATUS):
+        """One attempt. A server that refuses json_schema, or max_tokens, gets the request again
+        with json_object, or max_completion_tokens; once that succeeds the backend keeps it for
+        the rest of the run instead of paying a refused call each time."""
+        mode0, key0 = self.json_mode, self.max_tokens_key
+        mode, key = mode0, key0
+        while True:
+            try:
+                resp = await self._create(client, self._kwargs(req, mode, key))
+            except openai.APIStatusError as e:
+                if req.json_schema is not None and mode == "json_schema" and e.status_code in SCHEMA_REJECT_STATUS:
+                    mode = "json_object"
+                    continue
+                if key == "max_tokens" and e.status_code == 400 and "max_completion_tokens" in self._describe(e):
+                    key = "max_completion_tokens"
+                    continue
                 raise
-        resp = await self._create(client, self._kwargs(req, "json_object"))
-        self.json_mode = "json_object"
-        return resp
+            if mode != mode0:  # only what this request learnt: others may have learnt it meanwhile
+                self.json_mode = mode
+            if key != key0:
+                self.max_tokens_key = key
+            return resp
 
     def _wait_s(self, attempt: int, exc: BaseException | None) -> float:
         backoff = random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
@@ -284,7 +299,7 @@ class OpenAIBackend(Backend):
         usage = resp.usage
         return Completion(
             text=choice.message.content or "",
-            finish_reason="length" if choice.finish_reason == "length" else "stop",
+            finish_reason=choice.finish_reason if choice.finish_reason in ("length", "content_filter") else "stop",
             prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
             completion_tokens=(usage.completion_tokens or 0) if usage else 0,
             latency_ms=latency_ms,

@@ -21,13 +21,14 @@ class EmptyFilter(Filter):
 
 
 class TruncatedFilter(Filter):
-    """The generator stopped at its token limit (finish_reason=length): the answer is cut off."""
+    """The answer is cut off: the generator hit its token limit (finish_reason=length), or the
+    provider's moderation stopped it (finish_reason=content_filter)."""
 
     name = "truncated"
 
     def filter(self, item: Item):
-        if item.finish_reason == "length":
-            return False, "finish_reason=length"
+        if item.finish_reason in ("length", "content_filter"):
+            return False, f"finish_reason={item.finish_reason}"
         return True
 
 

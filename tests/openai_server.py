@@ -34,10 +34,14 @@ prompt counts its own requests). Fault specs (strings, or `Fault` objects):
     "garbage"            200 with a non-JSON body under Content-Type application/json
     "slow:S"             a normal reply, S seconds late (to make one request finish last)
     "empty"              200 with a JSON body that has no `choices`
+    "filtered"           200 with the reply cut after its first word and finish_reason
+                         "content_filter", as a provider's moderation does
 
 `reject_json_schema=True` answers any `response_format` of type json_schema with a 500, as
 llama.cpp's server does; `echo_auth=True` puts the Authorization header into error bodies (a
-careless server that the client must not let leak the key). `latency_s` delays every answer.
+careless server that the client must not let leak the key). `reject_max_tokens=True` answers a
+request carrying `max_tokens` with the 400 that OpenAI's reasoning models give ("use
+'max_completion_tokens' instead"). `latency_s` delays every answer.
 
 Standalone, for manual checks: `python tests/openai_server.py --port 8030 --latency 0.05`.
 
@@ -77,7 +81,7 @@ class Fault:
             return spec
         parts = str(spec).split(":")
         kind = parts[0]
-        if kind not in ("hang", "drop", "garbage", "empty", "slow") and not (kind.isdigit() and len(kind) == 3):
+        if kind not in ("hang", "drop", "garbage", "empty", "slow", "filtered") and not (kind.isdigit() and len(kind) == 3):
             raise ValueError(f"unknown fault {spec!r}")
         if len(parts) == 3 and parts[1] == "date":
             return cls(kind, float(parts[2]), True)
@@ -120,6 +124,7 @@ class OpenAIServer:
     latency_s: float = 0.0
     reply: "dict[str, str] | Callable[[dict[str, Any]], str] | None" = None
     reject_json_schema: bool = False
+    reject_max_tokens: bool = False
     echo_auth: bool = False
     hang_s: float = 300.0
     port: int = 0
@@ -316,6 +321,12 @@ class _Handler(BaseHTTPRequestHandler):
         rf = (body.get("response_format") or {}).get("type")
         if fault is None and srv.reject_json_schema and rf == "json_schema":
             fault = Fault("500")
+        if fault is None and srv.reject_max_tokens and "max_tokens" in body:
+            self._send(400, {"error": {
+                "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                           "Use 'max_completion_tokens' instead.",
+                "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}})
+            return
         if fault is None:
             self._send(200, srv.completion(body))
             return
@@ -339,6 +350,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind == "empty":
             self._send(200, {"id": "x", "object": "chat.completion"})
+            return
+        if kind == "filtered":
+            reply = srv.completion(body)
+            choice = reply["choices"][0]
+            choice["message"]["content"] = choice["message"]["content"].split(" ")[0]
+            choice["finish_reason"] = "content_filter"
+            self._send(200, reply)
             return
         status = int(kind)
         headers = {}

@@ -112,6 +112,30 @@ def test_json_schema_falls_back_to_json_object_when_the_server_rejects_it(server
     assert b.json_mode == "json_object"
 
 
+def test_max_tokens_becomes_max_completion_tokens_when_the_server_refuses_it(server):
+    """OpenAI's reasoning models answer max_tokens with a 400 naming max_completion_tokens; the
+    request is sent again with that name, which is then kept for the rest of the run."""
+    srv = server(reject_max_tokens=True)
+    b = backend(srv, concurrency=1)
+    out = b.generate([req("one two three", params=SamplingParams(max_new_tokens=2, temperature=0.0)), req("again")])
+    assert [c.ok for c in out] == [True, True] and out[0].finish_reason == "length"
+    sent = [(r.prompt, "max_tokens" in r.body, r.body.get("max_completion_tokens")) for r in srv.requests]
+    assert sent == [("one two three", True, None), ("one two three", False, 2), ("again", False, 16)]
+    assert b.max_tokens_key == "max_completion_tokens"
+
+
+def test_an_unrelated_400_is_not_retried_under_another_parameter_name(server):
+    srv = server(faults={"x": ["400"]})
+    (c,) = backend(srv).generate([req("x")])
+    assert not c.ok and c.permanent and len(srv.requests) == 1
+
+
+def test_content_filter_is_reported_as_such_not_as_a_normal_stop(server):
+    srv = server(faults={"x y z": ["filtered"]})
+    (c,) = backend(srv).generate([req("x y z")])
+    assert c.ok and c.finish_reason == "content_filter" and c.text == "echo:"
+
+
 # -- faults ----------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from test_filters import words
 @pytest.mark.parametrize("flt, text, extra, reason", [
     (EmptyFilter(), "  ...  \n", {}, "empty"),
     (TruncatedFilter(), "a fine answer", {"finish_reason": "length"}, "finish_reason=length"),
+    (TruncatedFilter(), "a fine", {"finish_reason": "content_filter"}, "finish_reason=content_filter"),
     (RepetitionFilter(), "\n".join(["same line here"] * 6 + ["other"]), {}, "duplicate_lines"),
     (RepetitionFilter(), "the cat sat " * 20, {}, "repeated_ngrams"),
     (RefusalFilter(), "As an AI language model, I cannot browse the internet.", {}, "refusal"),
