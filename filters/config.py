@@ -39,7 +39,7 @@ class NearDedup(Step):
     threshold: float = Field(0.8, gt=0, le=1)
     ngram: int = Field(3, ge=1, le=20)
     num_perm: int = Field(128, ge=16, le=1024)
-    index: Literal["numpy", "datasketch"] = "numpy"
+    index: Literal["numpy", "datasketch"] = "datasketch"
 
 
 class Decontaminate(Step):
