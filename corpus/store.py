@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,6 +32,24 @@ from .records import RECORDS, Record, Run, now
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _SECRET_FLAGS = ("--api-key", "--token", "--password", "--secret")
+# the user:password@ part of any URL (http://alice:pw@host/v1)
+_URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact_urls(text: str) -> str:
+    """Text with the credentials of every URL in it replaced by ***."""
+    return _URL_USERINFO.sub(r"\1***@", text)
+
+
+def scrub_secrets(obj: Any) -> Any:
+    """A JSON-like value with URL credentials removed from every string in it."""
+    if isinstance(obj, str):
+        return redact_urls(obj)
+    if isinstance(obj, dict):
+        return {k: scrub_secrets(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub_secrets(v) for v in obj]
+    return obj
 
 
 def _is_lock_error(e: BaseException) -> bool:
@@ -58,7 +77,7 @@ def code_version() -> str:
 
 
 def scrub_argv(argv: Sequence[str]) -> list[str]:
-    """Drop the values of secret-bearing flags before a command line is stored."""
+    """Drop the values of secret-bearing flags, and URL credentials, before a command line is stored."""
     out, hide = [], False
     for a in argv:
         if hide:
@@ -70,7 +89,7 @@ def scrub_argv(argv: Sequence[str]) -> list[str]:
         elif any(a.startswith(f + "=") for f in _SECRET_FLAGS):
             out.append(a.split("=", 1)[0] + "=***")
         else:
-            out.append(a)
+            out.append(redact_urls(a))
     return out
 
 
@@ -99,6 +118,8 @@ class Corpus:
             self._depth = 1
         else:
             p = Path(self.path)
+            if p.is_dir():
+                raise UserError(f"--db {self.path}: is a folder; give a corpus file, e.g. --db {p / 'corpus.duckdb'}")
             if not p.exists():
                 if not create:
                     raise UserError(f"{self.path}: no such corpus; create one with `python -m generate ... --db {self.path}`")
@@ -135,7 +156,14 @@ class Corpus:
             reraise=True,
         ):
             with attempt:
-                return duckdb.connect(self.path)
+                try:
+                    return duckdb.connect(self.path)
+                except duckdb.IOException as e:
+                    if _is_lock_error(e) or "not a valid DuckDB database" not in str(e):
+                        raise
+                    raise UserError(
+                        f"--db {self.path}: exists but is not a DuckDB corpus; point --db at a corpus file or a new path"
+                    ) from None
         raise AssertionError("unreachable")
 
     @contextlib.contextmanager
@@ -275,7 +303,7 @@ class Corpus:
         run = Run(
             command=command,
             argv=scrub_argv(list(sys.argv[1:] if argv is None else argv)),
-            config=config or {},
+            config=scrub_secrets(config or {}),
             code_version=code_version(),
         )
         self.reap_dead_runs()

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from backends import BackendError, SamplingParams, add_backend_args, backend_from_args
 from corpus import ArgumentParser, Corpus, UserError
+from corpus.store import redact_urls
 
 from .job import run_generate, summary_table
 from .sources import DEFAULT_FIELDS, load_prompts
@@ -51,12 +52,12 @@ def check_endpoint(base_url: str, timeout: float = 5.0) -> None:
     """Fail fast, before the corpus is touched, when nothing listens at --base-url."""
     u = urlparse(base_url)
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise UserError(f"--base-url {base_url}: not an http(s) URL; e.g. http://127.0.0.1:8000/v1")
+        raise UserError(f"--base-url {redact_urls(base_url)}: not an http(s) URL; e.g. http://127.0.0.1:8000/v1")
     port = u.port or (443 if u.scheme == "https" else 80)
     try:
         socket.create_connection((u.hostname, port), timeout=timeout).close()
     except OSError as e:
-        raise UserError(f"--base-url {base_url}: cannot connect ({e.strerror or e}); start the server or fix the URL") from None
+        raise UserError(f"--base-url {redact_urls(base_url)}: cannot connect ({e.strerror or e}); start the server or fix the URL") from None
 
 
 def _backend(args):

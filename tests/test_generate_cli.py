@@ -50,6 +50,7 @@ def closed_port() -> int:
         ('{"prompt": "a"}\n{"prompt": "b"\n', r"p.jsonl:2: not valid JSON .*fix or remove the line"),
         ('{"prompt": "a"}\n{"text": "b"}\n', r"p.jsonl:2: no prompt field.*--field NAME"),
         ('{"prompt": "a"}\n{"prompt": ""}\n', r"p.jsonl:2: empty prompt"),
+        ('{"prompt": "a"}\n{"prompt": 5}\n', r"p.jsonl:2: field 'prompt' must be a string, got int"),
     ],
 )
 def test_bad_prompt_file_one_line_exit_2_no_corpus(tmp_path, capsys, content, message):
@@ -101,6 +102,13 @@ def test_unreachable_endpoint_names_the_url(tmp_path, capsys, good):
     rc, err = cli(["--prompts", str(good), "--db", str(db), "--backend", "openai", "--model", "m", "--base-url", url], capsys)
     assert rc == 2 and len(err.splitlines()) == 1 and f"--base-url {url}: cannot connect" in err, err
     assert not db.exists()
+
+
+def test_unreachable_endpoint_error_hides_url_credentials(tmp_path, capsys, good):
+    db = tmp_path / "c.duckdb"
+    url = f"http://alice:s3cret-pw@127.0.0.1:{closed_port()}/v1"
+    rc, err = cli(["--prompts", str(good), "--db", str(db), "--backend", "openai", "--model", "m", "--base-url", url], capsys)
+    assert rc == 2 and "s3cret-pw" not in err and "http://***@127.0.0.1" in err, err
 
 
 def test_missing_model_folder_is_a_user_error(tmp_path, capsys, good):
