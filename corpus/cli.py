@@ -75,13 +75,19 @@ def export(corpus: Corpus, table: str, fmt: str, out: Path) -> int:
     names = corpus.tables()
     if table not in names:
         raise UserError(f"export: no table or view {table!r}; choose one of: {', '.join(sorted(names))}")
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name, e.g. --out {out / (table + '.' + fmt)}")
     if not out.parent.exists():
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     tmp = out.with_name(out.name + ".partial")
-    with corpus.connect() as con:
-        con.execute(f"COPY (SELECT * FROM \"{table}\") TO '{tmp.as_posix()}' {FORMATS[fmt]}")
-        n = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
-    tmp.replace(out)  # a killed export never leaves a half file under the real name
+    target = tmp.as_posix().replace("'", "''")  # a quote in the path must not end the SQL string
+    try:
+        with corpus.connect() as con:
+            con.execute(f"COPY (SELECT * FROM \"{table}\") TO '{target}' {FORMATS[fmt]}")
+            n = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+        tmp.replace(out)  # a killed export never leaves a half file under the real name
+    finally:
+        tmp.unlink(missing_ok=True)
     return int(n)
 
 

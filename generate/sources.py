@@ -56,7 +56,7 @@ def _messages(where: str, field: str, value: Any) -> list[dict[str, str]]:
         if msgs[-1]["role"] != "user":
             raise UserError(f"{where}: the last message must be the user's turn (the one to answer); drop the trailing {msgs[-1]['role']} message")
     else:
-        if isinstance(value, dict) or isinstance(value, list):
+        if isinstance(value, (dict, list, int, float, bool)):
             raise UserError(f"{where}: field '{field}' must be a string, got {type(value).__name__}; pick another field with --field")
         if value is None:
             value = ""

@@ -214,8 +214,9 @@ _HINTS = {
 def load_rubric(path: str | Path) -> Rubric:
     """Read and validate a rubric; a mistake raises UserError('<file>:<line>: what; fix')."""
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"--rubric {p}: no such file; the shipped rubrics are in prompts/ (e.g. prompts/code.yaml)")
+    if not p.is_file():
+        what = "is a folder" if p.is_dir() else "no such file"
+        raise UserError(f"--rubric {p}: {what}; the shipped rubrics are in prompts/ (e.g. prompts/code.yaml)")
     text = p.read_text()
     try:
         node = yaml.compose(text)

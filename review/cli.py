@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.cmd == "serve":
         from .web import serve
 
+        _check_listen(args.host, args.port)
         print(f"review page on http://{args.host}:{args.port}/  (Ctrl-C to stop)")
         serve(args.db, args.host, args.port)
     elif args.cmd == "next":
@@ -122,3 +123,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  - {m}")
             return 1
     return 0
+
+
+def _check_listen(host: str, port: int) -> None:
+    """A bad --port or --host is the user's to fix: say so in one line before the server starts."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: must be between 1 and 65535 (e.g. 8000)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: cannot resolve ({e.strerror}); use an address such as 127.0.0.1") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise UserError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); pick another port or stop what uses it") from None

@@ -177,6 +177,7 @@ def test_cli_sql_stats_export_and_plain_duckdb(tmp_path):
         (["sql", "SELEC 1"], "syntax error"),
         (["export", "nope", "--out", "x.parquet"], "no table or view 'nope'"),
         (["export", "prompts", "--format", "xml", "--out", "x"], "--format"),
+        (["export", "prompts", "--format", "jsonl", "--out", "."], "is a folder"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, needle):
@@ -187,6 +188,40 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "Traceback" not in r.stderr
     assert Corpus(db).query("SELECT count(*) AS n FROM prompts")[0]["n"] == 1
+
+
+@pytest.mark.parametrize("kind", ["not duckdb", "folder"])
+def test_cli_db_that_is_not_a_corpus_is_one_line_exit_2(tmp_path, kind):
+    db = tmp_path / "c.yaml"
+    if kind == "folder":
+        db.mkdir()
+    else:
+        db.write_text("a: 1\n")
+    r = _cli("--db", str(db), "stats")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert ("is a folder" if kind == "folder" else "not a DuckDB corpus") in r.stderr
+    if kind != "folder":
+        assert db.read_text() == "a: 1\n"  # left as it was
+
+
+def test_export_path_with_a_quote_is_written_not_parsed_as_sql(tmp_path):
+    db = tmp_path / "c.duckdb"
+    Corpus(db).insert([_prompt("one"), _prompt("two")])
+    out = tmp_path / "it's here.jsonl"
+    r = _cli("--db", str(db), "export", "prompts", "--format", "jsonl", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert len(out.read_text().splitlines()) == 2
+    assert not (tmp_path / "it's here.jsonl.partial").exists()
+
+
+def test_url_credentials_never_reach_the_runs_table(corpus):
+    with corpus.run("generate", {"backend": {"base_url": "http://alice:pw-123@h:8000/v1"}},
+                    argv=["--base-url", "https://bob:pw-456@api.example/v1", "--judge-base-url=http://c:pw-789@x/v1"]):
+        pass
+    row = corpus.query("SELECT argv, config FROM runs")[0]
+    dump = str(row)
+    assert not any(pw in dump for pw in ("pw-123", "pw-456", "pw-789"))
+    assert "https://***@api.example/v1" in row["argv"] and "h:8000" in row["config"]
 
 
 def test_cli_missing_corpus_is_not_created(tmp_path):

@@ -57,6 +57,12 @@ def test_bad_rubric_names_file_and_line(tmp_path, case):
         assert w in msg
 
 
+def test_rubric_path_that_is_missing_or_a_folder_is_a_user_error(tmp_path):
+    for path, words in ((tmp_path / "nope.yaml", "no such file"), (tmp_path, "is a folder")):
+        with pytest.raises(UserError, match=f"--rubric {path}: {words}; the shipped rubrics are in prompts/"):
+            load_rubric(path)
+
+
 def test_bad_rubric_cli_exit_2_and_corpus_unchanged(tmp_path, corpus, capsys):
     add_candidates(corpus, [("q", ["a"])])
     before = {t: corpus.query(f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in ("runs", "judgments", "flags", "calls")}

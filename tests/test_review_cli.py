@@ -82,6 +82,22 @@ def test_report_prints_tables_and_draws_a_png(corpus, queued, tmp_path):
     assert bad.returncode == 2 and "--score-threshold" in bad.stderr
 
 
+@pytest.mark.parametrize("flags, needle", [
+    (["--port", "99999"], "--port 99999: must be between 1 and 65535"),
+    (["--host", "no-such-host.invalid"], "--host no-such-host.invalid: cannot resolve"),
+    (["--port", "{busy}"], "cannot listen on 127.0.0.1:"),
+])
+def test_serve_with_a_bad_address_is_one_line_exit_2(corpus, flags, needle):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        out = review(corpus.path, "serve", *[f.replace("{busy}", port) for f in flags])
+    assert out.returncode == 2 and needle in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
 def test_missing_corpus_is_one_line(tmp_path):
     out = review(tmp_path / "nope.duckdb", "report")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and not (tmp_path / "nope.duckdb").exists()

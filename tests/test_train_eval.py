@@ -65,6 +65,24 @@ def test_bad_template_names_file_and_line(tmp_path):
         load_templates(bad)
 
 
+@pytest.mark.parametrize("line, needle", [
+    ('{"messages": [1, 2]}', "messages[0] must be"),
+    ('{"messages": [{"role": "user"}]}', "messages[0] must be"),
+    ('{"prompt": "hi", "meta": 3}', "'meta' must be an object"),
+    ('{"prompt": "hi", "checks": "notalist"}', "checks must be a list"),
+    ('{"prompt": "hi", "checks": [{"type": "nope"}]}', "unknown check"),
+    ('[1, 2]', "expected a JSON object"),
+])
+def test_bad_eval_prompt_lines_name_file_and_line(tmp_path, line, needle):
+    from train.evaluate import load_eval_prompts
+
+    f = tmp_path / "e.jsonl"
+    f.write_text('{"prompt": "fine"}\n' + line + "\n")
+    with pytest.raises(UserError) as e:
+        load_eval_prompts(f)
+    assert f"e.jsonl:2: " in str(e.value) and needle in str(e.value)
+
+
 def _eval_prompts(tmp_path: Path) -> Path:
     p = tmp_path / "eval.jsonl"
     rows = [

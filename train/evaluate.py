@@ -17,7 +17,7 @@ from typing import Any
 
 from backends import Backend, ChatRequest, SamplingParams
 from corpus import Corpus, UserError
-from generate.sources import jsonl_records
+from generate.sources import jsonl_records, record_to_prompt
 
 from .checks import pass_fraction, run_checks, validate_check
 from .records import ModelEval
@@ -37,18 +37,14 @@ def load_eval_prompts(path: str | Path, limit: int | None = None) -> list[dict[s
         raise UserError(f"--prompts {p}: no such file")
     out = []
     for where, d in jsonl_records(p):
-        if not isinstance(d, dict):
-            raise UserError(f"{where}: expected a JSON object with messages, prompt or turns")
-        if isinstance(d.get("messages"), list):
-            msgs = [{"role": m["role"], "content": m["content"]} for m in d["messages"]]
-        elif isinstance(d.get("prompt"), str):
-            msgs = [{"role": "user", "content": d["prompt"]}]
-        elif isinstance(d.get("turns"), list) and d["turns"]:
-            t = d["turns"][0]
-            msgs = [{"role": "user", "content": t["content"] if isinstance(t, dict) else t}]
-        else:
-            raise UserError(f"{where}: expected messages, prompt or turns")
-        checks = d.get("checks") or (d.get("meta") or {}).get("checks") or []
+        # the same reading as generate's: messages, prompt or turns, each checked with file:line
+        msgs = record_to_prompt(d, where, str(p), fields=("messages", "prompt", "turns")).messages
+        meta = d.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise UserError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
+        checks = d.get("checks") or (meta or {}).get("checks") or []
+        if not isinstance(checks, list):
+            raise UserError(f'{where}: checks must be a list of objects, e.g. [{{"type": "max_words", "n": 50}}]')
         for c in checks:
             if err := validate_check(c):
                 raise UserError(f"{where}: {err}")
@@ -145,13 +141,13 @@ def run_eval(
     progress: bool = True, argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Measure `model` (a models.id, folder or 'embedded') and store a model_evals row."""
-    model_id, model_path = resolve_base(corpus, model)
+    model_id, model_path = resolve_base(corpus, model, flag="--model")
     row = get_model(corpus, model_id) or {}
     chain = lineage(corpus, model_id)
     if baseline is None:
         baseline_id, baseline_path = chain[-1]["id"], chain[-1]["path"]  # the root: the base model
     else:
-        baseline_id, baseline_path = resolve_base(corpus, baseline)
+        baseline_id, baseline_path = resolve_base(corpus, baseline, flag="--baseline")
     prompt_label = str(prompts) if isinstance(prompts, (str, Path)) else ("<list>" if prompts else None)
     if row.get("kind") != "rm" and prompts is None:
         raise UserError("--prompts FILE is required to evaluate a generating model")

@@ -22,7 +22,7 @@ def get_model(corpus: Corpus, model_id: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def resolve_base(corpus: Corpus, base: str | None) -> tuple[str, str]:
+def resolve_base(corpus: Corpus, base: str | None, flag: str = "--base") -> tuple[str, str]:
     """MODEL argument -> (models.id, folder or hub id), registering a 'base' row when new.
 
     Accepts a registered model id, a local folder, 'embedded' / None (SmolLM2-135M-Instruct),
@@ -43,13 +43,13 @@ def resolve_base(corpus: Corpus, base: str | None) -> tuple[str, str]:
         p = Path(base).expanduser()
         if p.is_dir():
             if not (p / "config.json").exists():
-                raise UserError(f"--base {base}: folder has no config.json; pass a transformers model folder")
+                raise UserError(f"{flag} {base}: folder has no config.json; pass a transformers model folder")
             path, label = str(p.resolve()), str(p.resolve())
         elif base.count("/") == 1 and not base.startswith((".", "/")):
             path, label = base, base  # a hub id; loading fails later with a clear error if absent
         else:
             raise UserError(
-                f"--base {base}: not a registered model id, a model folder or a hub id; "
+                f"{flag} {base}: not a registered model id, a model folder or a hub id; "
                 "list models with `python -m corpus sql \"SELECT id, kind, path FROM models\"`"
             )
     # a folder that a run trained is already registered under its own id: reuse it
