@@ -27,10 +27,11 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 def _golden(name: str, value: dict) -> None:
     path = GOLDEN / f"{name}.json"
     text = json.dumps(value, indent=2, ensure_ascii=False) + "\n"
-    if os.environ.get("UPDATE_GOLDEN") or not path.exists():
-        # regenerate with: UPDATE_GOLDEN=1 pytest tests/test_judge_parse.py
+    if os.environ.get("UPDATE_GOLDEN"):
+        # regenerate with: UPDATE_GOLDEN=1 pytest tests/test_judge_parse.py, then review the diff
         GOLDEN.mkdir(exist_ok=True)
         path.write_text(text)
+    assert path.exists(), f"golden file {path} is missing; create it with UPDATE_GOLDEN=1 and review it"
     assert text == path.read_text(), f"{name} changed; if intended, rerun with UPDATE_GOLDEN=1 and review the diff"
 
 
