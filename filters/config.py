@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from corpus import UserError
+from corpus.yamlfile import line_of, load_yaml
 
 DEFAULT_CONFIG = Path(__file__).parent / "default.yaml"
 Policy = Literal["drop", "tie", "review", "keep"]
@@ -179,28 +179,6 @@ class FilterConfig(Strict):
         return out + [Path(p) for p in extra or []]
 
 
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    """The line of the YAML node at `loc` (keys and list indexes), as deep as the file goes."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if k.value == str(key):
-                    # an unknown key is reported at the key; a bad value at the value
-                    line, node = k.start_mark.line + 1, v
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            return line
-        if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
-            line = node.start_mark.line + 1
-    return line
-
-
 def _fix(err: dict) -> str:
     kind, loc = err["type"], err["loc"]
     if kind == "extra_forbidden":
@@ -220,14 +198,7 @@ def load_config(path: str | Path | None = None) -> FilterConfig:
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.exists():
         raise UserError(f"--config {path}: no such file; copy {DEFAULT_CONFIG} and edit it")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        raise UserError(f"{path}:{line}: not valid YAML ({getattr(e, 'problem', e)}); fix the indentation or quoting") from None
+    data, lines = load_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -237,12 +208,12 @@ def load_config(path: str | Path | None = None) -> FilterConfig:
     except ValidationError as e:
         err = e.errors()[0]
         loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-", "literal["))))
-        line = _line_of(root, loc) or 1
+        line = line_of(lines, loc)
         where = ".".join(str(x) for x in loc) or "config"
         raise UserError(f"{path}:{line}: {where}: {_fix(err)}") from None
     unknown = set(cfg.judge.flags) - set(JUDGE_FLAG_KINDS)
     if unknown:
         k = sorted(unknown)[0]
-        line = _line_of(root, ("judge", "flags", k)) or 1
+        line = line_of(lines, ("judge", "flags", k))
         raise UserError(f"{path}:{line}: judge.flags.{k}: unknown judge flag kind; use one of: {', '.join(JUDGE_FLAG_KINDS)}")
     return cfg

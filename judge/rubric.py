@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from corpus import UserError, content_id
+from corpus.yamlfile import line_of, load_yaml
 
 VERIFIER_TYPES = ("code_exec", "regex", "json_schema", "length", "checkable", "reward_model")
 
@@ -178,33 +178,6 @@ class Rubric(Strict):
 
 # -- loading with line numbers ---------------------------------------------------------------
 
-def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Map every key path (as pydantic reports it in `loc`) to its 1-based line in the file."""
-    out = {} if out is None else out
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key: Any = k.value
-            if isinstance(key, str) and key.lstrip("-").isdigit():
-                out[path + (int(key),)] = k.start_mark.line + 1
-            out[path + (key,)] = k.start_mark.line + 1
-            _line_map(v, path + (key,), out)
-            out[path + (key,)] = k.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _line_map(v, path + (i,), out)
-    return out
-
-
-def _line_for(loc: tuple, lines: dict[tuple, int]) -> int:
-    loc = tuple(x for x in loc if not (isinstance(x, str) and ("[" in x or x.startswith("function-"))))
-    while loc:
-        if loc in lines:
-            return lines[loc]
-        loc = loc[:-1]
-    return 1
-
-
 _HINTS = {
     "extra_forbidden": "unknown key; check its spelling (allowed keys are in the README's Rubric YAML section)",
     "missing": "required key is missing; add it",
@@ -217,17 +190,9 @@ def load_rubric(path: str | Path) -> Rubric:
     if not p.is_file():
         what = "is a folder" if p.is_dir() else "no such file"
         raise UserError(f"--rubric {p}: {what}; the shipped rubrics are in prompts/ (e.g. prompts/code.yaml)")
-    text = p.read_text()
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        raise UserError(f"{p}:{line}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    data, lines = load_yaml(p, "fix the syntax")
     if not isinstance(data, dict):
         raise UserError(f"{p}:1: a rubric is a mapping with name, task, criteria; see prompts/helpfulness.yaml")
-    lines = _line_map(node) if node is not None else {}
     try:
         rubric = Rubric.model_validate(data)
     except ValidationError as e:
@@ -240,6 +205,6 @@ def load_rubric(path: str | Path) -> Rubric:
         msg = err["msg"].removeprefix("Value error, ")
         hint = _HINTS.get(err["type"])
         key = f"`{where}`: " if where else ""
-        raise UserError(f"{p}:{_line_for(loc, lines)}: {key}{msg}" + (f"; {hint}" if hint else "")) from None
+        raise UserError(f"{p}:{line_of(lines, loc)}: {key}{msg}" + (f"; {hint}" if hint else "")) from None
     rubric.path = str(p)
     return rubric

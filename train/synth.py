@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 
 from corpus import Corpus, Prompt, UserError
+from corpus.yamlfile import line_of, load_yaml
 from generate.sources import jsonl_records
 
 from .checks import validate_check
@@ -50,18 +50,13 @@ def load_templates(path: str | Path = DEFAULT_TEMPLATES) -> list[Template]:
     p = Path(path)
     if not p.exists():
         raise UserError(f"--templates {p}: no such file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UserError(f"{p}:{mark.line + 1 if mark else 1}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    data, lines = load_yaml(p)
     if not isinstance(data, dict) or not isinstance(data.get("templates"), list) or not data["templates"]:
         raise UserError(f"{p}:1: expected `templates:` with a list of {{name, text, check}} entries")
-    lines = p.read_text().splitlines()
     out = []
     for i, t in enumerate(data["templates"]):
         name = t.get("name", f"#{i}") if isinstance(t, dict) else f"#{i}"
-        line = next((n for n, l in enumerate(lines, 1) if l.strip() == f"- name: {name}"), 1)
+        line = line_of(lines, ("templates", i))
         if not isinstance(t, dict) or not {"name", "text", "check"} <= set(t):
             raise UserError(f"{p}:{line}: template {name} needs name, text and check")
         values = t.get("values") or {}
