@@ -10,6 +10,7 @@ from rich.table import Table
 
 from backends import BackendError, add_backend_args, backend_from_args
 from corpus import ArgumentParser, Corpus, UserError
+from corpus.errors import report_incomplete
 
 from .audit import run_audit
 from .run import run_judge
@@ -54,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         prefix_reuse=not args.no_prefix_reuse)
     if not args.quiet:
         print_summary(summary)
-    return 0
+    # 0: every planned judgment stored (parse failures are stored results); 3: backend errors remain
+    planned = int(summary.get("judged", 0)) + int(summary.get("transient", 0))
+    return report_incomplete("judge", int(summary.get("transient", 0)), planned, "judge calls")
 
 
 def audit_main(argv: Sequence[str]) -> int:
