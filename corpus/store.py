@@ -110,13 +110,15 @@ class Corpus:
     """A DuckDB corpus file. `Corpus(":memory:")` keeps one connection (tests, scratch)."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, create: bool = True, lock_timeout: float = 120.0, read_only: bool = False,
+        self, path: str | os.PathLike[str], *, create: bool = True, lock_timeout: float | None = None,
+        read_only: bool = False,
     ):
-        """`read_only=True`: every connection is opened read-only, so DuckDB itself refuses any
-        write; pending migrations are applied only if the file is writable (an archived corpus
-        that the user cannot write can still be read)."""
+        """`lock_timeout`: seconds to wait for another process's lock (default: the environment
+        variable RLAIF_LOCK_TIMEOUT, else 120). `read_only=True`: every connection is opened
+        read-only, so DuckDB itself refuses any write; pending migrations are applied only if the
+        file is writable (an archived corpus that the user cannot write can still be read)."""
         self.path = str(path)
-        self.lock_timeout = lock_timeout
+        self.lock_timeout = _lock_timeout() if lock_timeout is None else lock_timeout
         self.read_only = read_only and self.path != ":memory:"
         self._held: duckdb.DuckDBPyConnection | None = None
         self._depth = 0
@@ -466,6 +468,17 @@ class BatchWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.flush()
+
+
+def _lock_timeout() -> float:
+    raw = os.environ.get("RLAIF_LOCK_TIMEOUT", "120")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UserError(f"RLAIF_LOCK_TIMEOUT={raw!r}: give the seconds to wait for a locked corpus, e.g. 120")
+    return value
 
 
 def _quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
