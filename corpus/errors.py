@@ -29,7 +29,18 @@ def report_incomplete(prog: str, unresolved: int, planned: int, what: str) -> in
 
 
 class UserError(Exception):
-    """A mistake in the user's input; the message is the whole story (where and how to fix)."""
+    """A mistake in the user's input; the message is the whole story (where and how to fix).
+
+    Always one line: a line break that came in with the user's data (a key, a value) is shown
+    escaped, so no input can turn the error into several lines or fake a second message.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        text = str(message)
+        for ch, esc in (("\r", "\\r"), ("\n", "\\n"), ("\x1b", "\\x1b"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"),
+                        ("\x85", "\\x85"), ("\x0b", "\\x0b"), ("\x0c", "\\x0c")):
+            text = text.replace(ch, esc)
+        super().__init__(text)
 
 
 def not_utf8(path: str | Path, e: UnicodeDecodeError, offset: int = 0) -> UserError:
