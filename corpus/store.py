@@ -234,6 +234,23 @@ class Corpus:
                 con.execute("ROLLBACK")
 
     @contextlib.contextmanager
+    def read_session(self) -> Iterator["Corpus"]:
+        """Like `session()`, but every query inside runs on one read-only connection: a page or
+        report that promises to read cannot write, because DuckDB refuses it. Inside an open
+        writer (or an in-memory corpus) it shares that connection, as `session()` does."""
+        if self._held is not None or self.path == ":memory:":
+            with self.connect():
+                yield self
+            return
+        con = self._open(read_only=True)
+        self._held, self._depth = con, 1
+        try:
+            yield self
+        finally:
+            self._held, self._depth = None, 0
+            con.close()
+
+    @contextlib.contextmanager
     def session(self) -> Iterator["Corpus"]:
         """Hold the file open across many operations (single-process scripts, the SQL CLI)."""
         with self.connect():

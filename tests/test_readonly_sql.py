@@ -179,3 +179,13 @@ def test_subprocess_sql_drop_exits_2_and_table_stays(filled):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert Corpus(path).query("SELECT count(*) AS n FROM generations")[0]["n"] == 4
+
+
+def test_read_session_refuses_writes_and_review_pages_still_load(filled):
+    from corpus import Review  # noqa: F401  (the review tables come with the corpus's migrations)
+
+    with filled.read_session():
+        assert filled.query("SELECT count(*) AS n FROM generations")[0]["n"] == 4
+        with pytest.raises(duckdb.Error, match="read-only"):
+            filled.execute("DELETE FROM generations")
+    assert len(snapshot(filled)["generations"]) == 4
