@@ -64,7 +64,7 @@ def audit_main(argv: Sequence[str]) -> int:
     args = _audit_parser().parse_args(list(argv))
     if args.plot and not Path(args.plot).parent.exists():
         raise UserError(f"--plot {args.plot}: folder {Path(args.plot).parent} does not exist; create it first")
-    report = run_audit(Corpus(args.db, create=False), args.rubric, plot=args.plot)
+    report = run_audit(Corpus(args.db, create=False, read_only=True), args.rubric, plot=args.plot)  # reads only
     if args.json:
         import json
 
