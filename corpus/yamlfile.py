@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def _line_map(node: yaml.Node, path: tuple, out: dict[tuple, int]) -> dict[tuple
             key: Any = k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark)  # a complex key (`? [a]`)
             _line_map(v, path + (key,), out)
             out[path + (key,)] = k.start_mark.line + 1
-            if isinstance(key, str) and key.lstrip("-").isdigit():  # `1:` in a scale is the int 1
+            if isinstance(key, str) and re.fullmatch(r"-?[0-9]+", key):  # `1:` in a scale is the int 1 (not `¹:`)
                 out[path + (int(key),)] = k.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):

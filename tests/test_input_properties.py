@@ -183,3 +183,13 @@ def test_cli_exit_2_one_line_for_bad_prompt_files(tmp_path, data):
                         "--backend", "fake"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "c.duckdb").exists()
+
+
+def test_found_by_hypothesis_a_superscript_digit_key(tmp_path):
+    """'¹'.isdigit() is True but int('¹') fails: the YAML line map took it for a scale point."""
+    f = tmp_path / "r.yaml"
+    f.write_text("¹: null\n", encoding="utf-8")
+    with pytest.raises(UserError, match="r.yaml:1"):
+        load_rubric(f)
+    with pytest.raises(UserError, match="f.yaml:1|r.yaml:1"):
+        load_config(f)
