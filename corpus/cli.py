@@ -1,4 +1,8 @@
-"""`python -m corpus --db FILE sql|stats|tables|export`: the corpus from the shell."""
+"""`python -m corpus --db FILE sql|stats|tables|export`: the corpus from the shell.
+
+Everything but `sql --write` opens the file read-only: DuckDB itself refuses writes, and a
+corpus the user may not write (another uid, a read-only mount) can still be read.
+"""
 
 from __future__ import annotations
 
@@ -110,11 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = ArgumentParser(prog="corpus", description="Query and export the DuckDB corpus.")
     ap.add_argument("--db", default="corpus.duckdb", help="corpus file (default corpus.duckdb)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    q = sub.add_parser("sql", help="run SQL and print the result")
-    q.add_argument("query")
+    q = sub.add_parser("sql", help="run one SQL statement (read-only unless --write) and print the result")
+    q.add_argument("query", help="one statement; it runs on a read-only connection, so DuckDB refuses any write")
     q.add_argument("--format", choices=["table", "csv", "jsonl"], default="table")
     q.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
-    q.add_argument("--write", action="store_true", help="allow statements that change the corpus")
+    q.add_argument("--write", action="store_true",
+                   help="run exactly what you wrote (one or more statements) in one transaction, writes allowed")
     sub.add_parser("stats", help="rows per table and view, runs and models")
     sub.add_parser("tables", help="tables and views with their columns")
     e = sub.add_parser("export", help="write a table or view to a file")

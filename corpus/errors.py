@@ -17,6 +17,9 @@ from typing import Callable, Iterator, NoReturn, Sequence
 
 
 INCOMPLETE = 3  # exit status of a job that ran but left transient failures: rerun it to retry them
+EXIT_STATUS = ("exit status: 0 every planned item is stored or failed for good; 2 a mistake in the input or flags "
+               "(nothing written); 3 the job ran but transient failures remain (rerun the same command to retry "
+               "only those); 130 interrupted")
 
 
 def report_incomplete(prog: str, unresolved: int, planned: int, what: str) -> int:

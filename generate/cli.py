@@ -20,7 +20,7 @@ from rich.console import Console
 
 from backends import BackendError, SamplingParams, add_backend_args, backend_from_args
 from corpus import ArgumentParser, Corpus, UserError
-from corpus.errors import report_incomplete
+from corpus.errors import EXIT_STATUS, report_incomplete
 from corpus.store import redact_urls
 
 from .job import run_generate, summary_table
@@ -79,6 +79,7 @@ def _generate_parser() -> ArgumentParser:
         prog="python -m generate",
         description="Generate n candidate replies per prompt into the corpus. "
         "`python -m generate prompts --help` synthesizes new prompts instead.",
+        epilog=EXIT_STATUS,
     )
     src = p.add_argument_group("prompts (one of)")
     src.add_argument("--prompts", help="JSONL / JSON / Parquet file, or a folder saved with datasets' save_to_disk")
