@@ -1,22 +1,21 @@
-"""`python -m corpus --db FILE sql|stats|tables|export`: the corpus from the shell."""
+"""`python -m corpus --db FILE sql|stats|tables|export`: the corpus from the shell.
+
+Everything but `sql --write` opens the file read-only: DuckDB itself refuses writes, and a
+corpus the user may not write (another uid, a read-only mount) can still be read.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import duckdb
 
-from .errors import ArgumentParser, UserError
+from .errors import ArgumentParser, UserError, missing_table
+from .sqlcheck import one_statement, statements
 from .store import Corpus
-
-_WRITES = re.compile(
-    r"^\s*(insert|update|delete|create|drop|alter|copy|attach|detach|truncate|vacuum|checkpoint|import|export|install|load|set|begin|commit)\b",
-    re.I,
-)
 FORMATS = {"parquet": "(FORMAT parquet)", "jsonl": "(FORMAT json)", "csv": "(FORMAT csv, HEADER)"}
 
 
@@ -47,28 +46,48 @@ def _print_rows(cols: list[str], rows: list[tuple[Any, ...]], fmt: str, max_rows
 
 
 def run_sql(corpus: Corpus, sql: str, write: bool = False) -> tuple[list[str], list[tuple[Any, ...]]]:
-    if not write and _WRITES.match(sql):
-        raise UserError("sql: this statement may change the corpus; add --write if that is what you want")
+    """Without `write`: exactly one statement, on a connection where DuckDB refuses writes.
+    With `write`: exactly what the user wrote (one or more statements) in one transaction."""
+    if write:
+        stmts = statements(sql, "sql")
+        if any(st.type == duckdb.StatementType.TRANSACTION for st in stmts):
+            raise UserError("sql --write: runs everything in one transaction of its own; leave out BEGIN/COMMIT/ROLLBACK")
+        ctx = corpus.transaction()
+    else:
+        one_statement(sql, "sql")
+        ctx = corpus.reader()
     try:
-        with corpus.transaction() as con:
+        with ctx as con:
             cur = con.execute(sql)
             cols = [d[0] for d in cur.description or []]
             rows = cur.fetchall() if cur.description else []
     except duckdb.Error as e:
         first = str(e).strip().splitlines()[0]
+        if not write and "read-only mode" in first:
+            raise UserError("sql: this statement changes the corpus; add --write if that is what you want") from None
         raise UserError(f"sql: {first}") from None
     return cols, rows
 
 
-def stats(corpus: Corpus) -> list[tuple[str, str, int]]:
-    out = []
+def stats(corpus: Corpus) -> list[tuple[str, str, int | str]]:
+    """Rows per table and view; a view whose table is gone shows what is missing instead of a count."""
+    out: list[tuple[str, str, int | str]] = []
     with corpus.session():
         for name, kind in corpus.tables().items():
             if name == "schema_migrations":
                 continue
-            n = corpus.query(f'SELECT count(*) AS n FROM "{name}"')[0]["n"]
+            try:
+                n: int | str = corpus.query(f'SELECT count(*) AS n FROM "{name}"')[0]["n"]
+            except duckdb.CatalogException as e:
+                n = "error: " + str(e).strip().splitlines()[0][:120]
             out.append((name, kind, n))
     return out
+
+
+def require_tables(corpus: Corpus) -> None:
+    """A one-line UserError naming the first table an applied migration created that is gone."""
+    for name, made_by in corpus.missing_tables().items():
+        raise UserError(missing_table(name, made_by))
 
 
 def export(corpus: Corpus, table: str, fmt: str, out: Path) -> int:
@@ -95,11 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = ArgumentParser(prog="corpus", description="Query and export the DuckDB corpus.")
     ap.add_argument("--db", default="corpus.duckdb", help="corpus file (default corpus.duckdb)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    q = sub.add_parser("sql", help="run SQL and print the result")
-    q.add_argument("query")
+    q = sub.add_parser("sql", help="run one SQL statement (read-only unless --write) and print the result")
+    q.add_argument("query", help="one statement; it runs on a read-only connection, so DuckDB refuses any write")
     q.add_argument("--format", choices=["table", "csv", "jsonl"], default="table")
     q.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
-    q.add_argument("--write", action="store_true", help="allow statements that change the corpus")
+    q.add_argument("--write", action="store_true",
+                   help="run exactly what you wrote (one or more statements) in one transaction, writes allowed")
     sub.add_parser("stats", help="rows per table and view, runs and models")
     sub.add_parser("tables", help="tables and views with their columns")
     e = sub.add_parser("export", help="write a table or view to a file")
@@ -108,11 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
 
-    corpus = Corpus(args.db, create=False)
+    writes = args.cmd == "sql" and args.write
+    corpus = Corpus(args.db, create=False, read_only=not writes)
     if args.cmd == "sql":
         cols, rows = run_sql(corpus, args.query, args.write)
         _print_rows(cols, rows, args.format, args.max_rows)
     elif args.cmd == "stats":
+        require_tables(corpus)
         _print_rows(["name", "kind", "rows"], stats(corpus), "table", 1000, title=args.db)
         runs = corpus.query(
             "SELECT command, status, count(*) AS runs, max(started_at) AS last FROM runs GROUP BY 1, 2 ORDER BY 1, 2"

@@ -8,14 +8,67 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Callable, Iterator, NoReturn, Sequence
 
 
+INCOMPLETE = 3  # exit status of a job that ran but left transient failures: rerun it to retry them
+EXIT_STATUS = ("exit status: 0 every planned item is stored or failed for good; 2 a mistake in the input or flags "
+               "(nothing written); 3 the job ran but transient failures remain (rerun the same command to retry "
+               "only those); 130 interrupted")
+
+
+def report_incomplete(prog: str, unresolved: int, planned: int, what: str) -> int:
+    """The exit status of a finished job: 0, or INCOMPLETE after a line saying how many and how to retry."""
+    if unresolved <= 0:
+        return 0
+    print(f"{prog}: incomplete: {unresolved} of {planned} planned {what} failed with transient errors and are not "
+          f"stored; rerun the same command to retry only those (exit status {INCOMPLETE})", file=sys.stderr)
+    return INCOMPLETE
+
+
 class UserError(Exception):
-    """A mistake in the user's input; the message is the whole story (where and how to fix)."""
+    """A mistake in the user's input; the message is the whole story (where and how to fix).
+
+    Always one line: a line break that came in with the user's data (a key, a value) is shown
+    escaped, so no input can turn the error into several lines or fake a second message.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        text = str(message)
+        for ch, esc in (("\r", "\\r"), ("\n", "\\n"), ("\x1b", "\\x1b"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"),
+                        ("\x85", "\\x85"), ("\x0b", "\\x0b"), ("\x0c", "\\x0c")):
+            text = text.replace(ch, esc)
+        super().__init__(text)
+
+
+def not_utf8(path: str | Path, e: UnicodeDecodeError, offset: int = 0) -> UserError:
+    """The one-line error for a file that is not UTF-8 text, naming the first bad byte."""
+    at = offset + e.start
+    bad = e.object[e.start:e.start + 1].hex() if isinstance(e.object, (bytes, bytearray)) else "?"
+    return UserError(f"{path}: not UTF-8 text (byte offset {at}: 0x{bad}); save the file as UTF-8 "
+                     f"(e.g. `iconv -f latin1 -t utf-8`) or check that it is the file you meant")
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A text file's content as str (UTF-8, a BOM allowed); every way it can fail is a UserError."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{p}: no such {what}; check the path") from None
+    except IsADirectoryError:
+        raise UserError(f"{p}: is a folder; give a {what}") from None
+    except OSError as e:
+        raise UserError(f"{p}: cannot read it ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise not_utf8(p, e, 3 if data.startswith(b"\xef\xbb\xbf") else 0) from None
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -63,6 +116,39 @@ def _run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Se
         loc = ".".join(str(x) for x in err["loc"]) or "input"
         print(f"{prog}: error: {loc}: {err['msg']}", file=sys.stderr)
         return 2
+    except Exception as e:
+        hint = _duckdb_hint(e)
+        if hint is None:
+            raise
+        print(f"{prog}: error: {hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rerun the same command to finish the missing work", file=sys.stderr)
         return 130
+
+
+_MISSING = re.compile(r"(?:Table|View) with name (\w+) does not exist")
+
+
+def missing_table(table: str, made_by: str) -> str:
+    return (f"the corpus has no table {table!r}: migration {made_by} creates it, and every command that writes "
+            f"the corpus (e.g. python -m generate) applies missing migrations; if {made_by} already ran, the table "
+            "was dropped since: restore the corpus from a copy or an export")
+
+
+def _duckdb_hint(e: BaseException) -> str | None:
+    """One line for the DuckDB errors a user's corpus (not our code) causes: a table someone
+    dropped, a file this user may not write. None for anything else (a bug keeps its traceback)."""
+    import duckdb
+
+    msg = str(e)
+    if isinstance(e, duckdb.CatalogException) and (m := _MISSING.search(msg)):
+        from .store import Corpus
+
+        table, made_by = m.group(1), Corpus.migration_of(m.group(1))
+        if made_by is None:
+            return None
+        return missing_table(table, made_by)
+    if isinstance(e, duckdb.IOException) and ("Permission denied" in msg or "Read-only file system" in msg):
+        return f"{msg.strip().splitlines()[0][:300]}; run as the corpus owner or fix the permissions of the file and its folder"
+    return None

@@ -31,6 +31,7 @@ from .ids import canonical_json
 from .records import RECORDS, Record, Run, now
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_CREATES = re.compile(r'^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?"?(\w+)"?', re.I | re.M)
 _SECRET_FLAGS = ("--api-key", "--token", "--password", "--secret")
 # the user:password@ part of any URL (http://alice:pw@host/v1)
 _URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
@@ -108,23 +109,38 @@ def _to_arrow(records: Sequence[Record]) -> pa.Table:
 class Corpus:
     """A DuckDB corpus file. `Corpus(":memory:")` keeps one connection (tests, scratch)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, lock_timeout: float = 120.0):
+    def __init__(
+        self, path: str | os.PathLike[str], *, create: bool = True, lock_timeout: float | None = None,
+        read_only: bool = False,
+    ):
+        """`lock_timeout`: seconds to wait for another process's lock (default: the environment
+        variable RLAIF_LOCK_TIMEOUT, else 120). `read_only=True`: every connection is opened
+        read-only, so DuckDB itself refuses any write; pending migrations are applied only if the
+        file is writable (an archived corpus that the user cannot write can still be read)."""
         self.path = str(path)
-        self.lock_timeout = lock_timeout
+        self.lock_timeout = _lock_timeout() if lock_timeout is None else lock_timeout
+        self.read_only = read_only and self.path != ":memory:"
         self._held: duckdb.DuckDBPyConnection | None = None
         self._depth = 0
         if self.path == ":memory:":
-            self._held = duckdb.connect(":memory:")
+            self._held = _quiet(duckdb.connect(":memory:"))
             self._depth = 1
         else:
             p = Path(self.path)
             if p.is_dir():
                 raise UserError(f"--db {self.path}: is a folder; give a corpus file, e.g. --db {p / 'corpus.duckdb'}")
             if not p.exists():
-                if not create:
+                if not create or read_only:
                     raise UserError(f"{self.path}: no such corpus; create one with `python -m generate ... --db {self.path}`")
                 if not p.parent.exists():
                     raise UserError(f"--db {self.path}: folder {p.parent} does not exist; create it first")
+        if self.read_only:
+            with self.connect() as con:
+                pending = _pending_migrations(con)
+            if pending and os.access(self.path, os.W_OK):
+                with _writer(self) as con:
+                    self.migrate(con)
+            return
         with self.connect() as con:
             self.migrate(con)
 
@@ -148,23 +164,91 @@ class Corpus:
             self._held, self._depth = None, 0
             con.close()
 
-    def _open(self) -> duckdb.DuckDBPyConnection:
-        for attempt in Retrying(
-            retry=retry_if_exception(_is_lock_error),
-            wait=wait_random_exponential(multiplier=0.05, max=1.0),
-            stop=stop_after_delay(self.lock_timeout),
-            reraise=True,
-        ):
-            with attempt:
-                try:
-                    return duckdb.connect(self.path)
-                except duckdb.IOException as e:
-                    if _is_lock_error(e) or "not a valid DuckDB database" not in str(e):
-                        raise
-                    raise UserError(
-                        f"--db {self.path}: exists but is not a DuckDB corpus; point --db at a corpus file or a new path"
-                    ) from None
+    def _open(self, read_only: bool | None = None) -> duckdb.DuckDBPyConnection:
+        """Open the file, waiting (with jittered backoff) while another process holds it.
+
+        Every failure a user can cause or fix is a one-line UserError: a file that is not a
+        corpus, one this user may not write, one another process keeps locked past `lock_timeout`.
+        """
+        read_only = self.read_only if read_only is None else read_only
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception(_is_lock_error),
+                wait=wait_random_exponential(multiplier=0.05, max=1.0),
+                stop=stop_after_delay(self.lock_timeout),
+                reraise=True,
+            ):
+                with attempt:
+                    return _quiet(duckdb.connect(self.path, read_only=read_only))
+        except duckdb.Error as e:
+            raise self._open_error(e, read_only) from None
         raise AssertionError("unreachable")
+
+    def _open_error(self, e: duckdb.Error, read_only: bool) -> Exception:
+        msg = str(e)
+        if _is_lock_error(e):
+            holder = re.search(r"Conflicting lock is held in (.*?)(?:\. See also|$)", msg)
+            who = f" by {holder.group(1).strip()}" if holder else " by another process"
+            return UserError(
+                f"--db {self.path}: locked{who} for more than {self.lock_timeout:.0f} s; "
+                "wait for that job to finish (or stop it), then rerun"
+            )
+        if "not a valid DuckDB database" in msg:
+            return UserError(
+                f"--db {self.path}: exists but is not a DuckDB corpus; point --db at a corpus file or a new path"
+            )
+        if "Permission denied" in msg or "Read-only file system" in msg:
+            how = "read" if read_only else "write"
+            return UserError(
+                f"--db {self.path}: this user may not {how} it (permission denied); run as its owner, "
+                f"fix its permissions (and its folder's), or copy it somewhere writable"
+                + ("" if read_only else f"; reading still works: python -m corpus --db {self.path} stats")
+            )
+        return e
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection on which DuckDB itself refuses writes, for SQL a user typed.
+
+        A file corpus with no connection open in this process gets its own read-only
+        connection. DuckDB will not open a file read-only beside a read-write connection of the
+        same process, so where one is held (an in-memory corpus, or inside `session()`) the
+        work runs in a transaction that is always rolled back; callers pass only a checked
+        single SELECT there (see corpus.sqlcheck).
+        """
+        if self.path != ":memory:" and (self._held is None or self.read_only):
+            if self._held is not None:
+                yield self._held
+                return
+            con = self._open(read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
+            return
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            finally:
+                con.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def read_session(self) -> Iterator["Corpus"]:
+        """Like `session()`, but every query inside runs on one read-only connection: a page or
+        report that promises to read cannot write, because DuckDB refuses it. Inside an open
+        writer (or an in-memory corpus) it shares that connection, as `session()` does."""
+        if self._held is not None or self.path == ":memory:":
+            with self.connect():
+                yield self
+            return
+        con = self._open(read_only=True)
+        self._held, self._depth = con, 1
+        try:
+            yield self
+        finally:
+            self._held, self._depth = None, 0
+            con.close()
 
     @contextlib.contextmanager
     def session(self) -> Iterator["Corpus"]:
@@ -190,6 +274,27 @@ class Corpus:
             self._held = None
 
     # -- schema --------------------------------------------------------------------------------
+
+    def missing_tables(self) -> dict[str, str]:
+        """Tables and views that an applied migration created but the file lacks -> that migration."""
+        have = self.tables()
+        done = {r["name"] for r in self.query("SELECT name FROM schema_migrations")} if "schema_migrations" in have else set()
+        out = {}
+        for f in sorted(MIGRATIONS.glob("m*.sql")):
+            if f.stem in done:
+                for name in _CREATES.findall(f.read_text()):
+                    if name not in have:
+                        out.setdefault(name, f.stem)
+        return out
+
+    @staticmethod
+    def migration_of(table: str) -> str | None:
+        """The migration that creates `table` (or view), e.g. 'm001_core', or None."""
+        pat = re.compile(rf'CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?"?{re.escape(table)}"?[\s(]', re.I)
+        for f in sorted(MIGRATIONS.glob("m*.sql")):
+            if pat.search(f.read_text()):
+                return f.stem
+        return None
 
     @staticmethod
     def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -380,6 +485,39 @@ class BatchWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.flush()
+
+
+def _lock_timeout() -> float:
+    raw = os.environ.get("RLAIF_LOCK_TIMEOUT", "120")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UserError(f"RLAIF_LOCK_TIMEOUT={raw!r}: give the seconds to wait for a locked corpus, e.g. 120")
+    return value
+
+
+def _quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """No DuckDB progress bar: our jobs print their own progress, and --no-progress means none."""
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def _pending_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    names = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    done = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()} if "schema_migrations" in names else set()
+    return [f.stem for f in sorted(MIGRATIONS.glob("m*.sql")) if f.stem not in done]
+
+
+@contextlib.contextmanager
+def _writer(corpus: "Corpus") -> Iterator[duckdb.DuckDBPyConnection]:
+    con = corpus._open(read_only=False)
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def iso(dt: datetime | None) -> str | None:

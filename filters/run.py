@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator
 import duckdb
 
 from corpus import Corpus, Flag, Pair, Record, UserError
+from corpus.sqlcheck import where_query
 
 from .base import Decision, Item, Step, run_pipeline
 from .config import FilterConfig, load_config
@@ -122,16 +123,19 @@ def _load(corpus: Corpus, cfg: FilterConfig, where: str | None = None) -> dict[s
             params.append(val)
     rubric_sql = ("WHERE " + " AND ".join(conds)) if conds else ""
     tables = corpus.tables()
+    # the user's --where: one checked expression, run where DuckDB refuses writes (corpus.sqlcheck)
+    sql = where_query("SELECT g.id, g.prompt_id, g.response, g.finish_reason, g.sample_idx, g.provenance "
+                      "FROM generations g JOIN prompts p ON p.id = g.prompt_id", where,
+                      " ORDER BY g.prompt_id, g.sample_idx, g.id")
+    try:
+        with corpus.reader() as con:
+            cur = con.execute(sql)
+            names = [d[0] for d in cur.description]
+            gens = [dict(zip(names, r)) for r in cur.fetchall()]
+    except duckdb.Error as e:
+        raise UserError(f"--where {where!r}: {str(e).strip().splitlines()[0]}; use columns of generations g "
+                        "and prompts p, e.g. \"g.model = 'x'\"") from None
     with corpus.session():
-        scope = f"WHERE ({where})" if where else ""
-        try:
-            gens = corpus.query(
-                "SELECT g.id, g.prompt_id, g.response, g.finish_reason, g.sample_idx, g.provenance "
-                f"FROM generations g JOIN prompts p ON p.id = g.prompt_id {scope} ORDER BY g.prompt_id, g.sample_idx, g.id"
-            )
-        except duckdb.Error as e:
-            raise UserError(f"--where {where!r}: {str(e).strip().splitlines()[0]}; use columns of generations g "
-                            "and prompts p, e.g. \"g.model = 'x'\"") from None
         in_scope = {g["prompt_id"] for g in gens}
         prompts = [p for p in corpus.query("SELECT id, text, messages FROM prompts ORDER BY created_at, id")
                    if p["id"] in in_scope]

@@ -2,6 +2,10 @@
 
 Everything a user can get wrong is checked before the corpus file is opened: flags, the whole
 prompt file, the model, the endpoint. A job that cannot start leaves no corpus behind.
+
+Exit status: 0 every planned candidate is stored or failed for good (a permanent error), 2 a
+mistake in the input (nothing written), 3 the job ran but transient failures remain (rerun
+the same command: it asks only for what is missing), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from rich.console import Console
 
 from backends import BackendError, SamplingParams, add_backend_args, backend_from_args
 from corpus import ArgumentParser, Corpus, UserError
+from corpus.errors import EXIT_STATUS, report_incomplete
 from corpus.store import redact_urls
 
 from .job import run_generate, summary_table
-from .sources import DEFAULT_FIELDS, load_prompts
+from .sources import DEFAULT_FIELDS, keep_tasks_apart, load_prompts
 from .synth import SEED_FIELDS, run_synth, synth_table
 
 
@@ -74,6 +79,7 @@ def _generate_parser() -> ArgumentParser:
         prog="python -m generate",
         description="Generate n candidate replies per prompt into the corpus. "
         "`python -m generate prompts --help` synthesizes new prompts instead.",
+        epilog=EXIT_STATUS,
     )
     src = p.add_argument_group("prompts (one of)")
     src.add_argument("--prompts", help="JSONL / JSON / Parquet file, or a folder saved with datasets' save_to_disk")
@@ -108,6 +114,11 @@ def _synth_parser() -> ArgumentParser:
     return p
 
 
+def unresolved(summary: dict) -> int:
+    """Planned items neither stored nor failed for good: what a rerun would ask for again."""
+    return max(0, int(summary.get("failures", 0)) - int(summary.get("failures_permanent", 0)))
+
+
 def _check_db(db: str, must_exist: bool) -> None:
     path = Path(db)
     if must_exist and not path.exists():
@@ -136,7 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompts, _ = load_prompts(args.prompts, args.field, args.limit, args.split)
     backend = _backend(args)
     corpus = Corpus(args.db)
+    apart = 0
     try:
+        if prompts is not None:
+            prompts, apart = keep_tasks_apart(corpus, prompts)
         summary = run_generate(
             corpus, prompts=prompts, from_sql=args.from_sql, backend=backend, n=args.n, params=params,
             system=args.system, seed=args.seed, limit=args.limit, progress=not args.no_progress,
@@ -148,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend.close()
         corpus.close()
     Console().print(summary_table(summary))
-    return 0
+    if apart:
+        print(f"{apart} prompt(s) share their text with a stored prompt of another task (other meta) and were kept "
+              "as separate prompts", file=sys.stderr)
+    return report_incomplete("generate", unresolved(summary), int(summary.get("candidates_planned", 0)), "candidates")
 
 
 def synth_main(args_list: Sequence[str], argv: Sequence[str]) -> int:

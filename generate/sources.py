@@ -20,7 +20,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from corpus import Corpus, Prompt, UserError
+import duckdb
+
+from corpus import Corpus, Prompt, UserError, content_id
+from corpus.errors import not_utf8, read_text
+from corpus.sqlcheck import one_statement
 
 DEFAULT_FIELDS = ("prompt", "turns", "messages")
 ROLES = ("system", "user", "assistant")
@@ -94,21 +98,35 @@ def _jsonable(obj: Any) -> Any:
 
 def jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
     """("file:line", parsed JSON) for each non-blank line; a bad line is a one-line UserError."""
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
+    with f:
+        offset = 0
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise not_utf8(path, e, offset + (3 if n == 1 and raw.startswith(b"\xef\xbb\xbf") else 0)) from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
                 yield f"{path}:{n}", json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+            except RecursionError:
+                raise UserError(f"{path}:{n}: JSON nested too deeply; flatten the record") from None
 
 
 def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "prompt file"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix the file, or use JSONL (one object a line)") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply; flatten the records") from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
@@ -164,18 +182,30 @@ def read_records(path: str | Path, split: str | None = None) -> Iterator[tuple[s
         yield from jsonl_records(p)
 
 
+def task_id(prompt: Prompt) -> str:
+    """The id of a prompt whose text another task already uses: messages and meta together."""
+    return content_id(Prompt.table, {"messages": prompt.messages, "meta": prompt.meta})
+
+
 def load_prompts(
     path: str | Path, fields: Sequence[str] | None = None, limit: int | None = None, split: str | None = None,
 ) -> tuple[list[Prompt], int]:
     """Every prompt in the source, validated, in file order, without repeats.
 
-    Returns (prompts, repeated): a prompt that appears twice has one id, so it is kept once.
+    Returns (prompts, repeated). A prompt's id hashes its messages; a record with the same
+    messages and the same meta is a repeat and kept once. A record with the same messages but
+    other meta (MBPP tasks 71 and 141: one text, other tests) is another task: it keeps its own
+    row under `task_id` (messages + meta), so its tests are never dropped. The first task keeps
+    the plain id, so corpora built before this rule keep their ids.
     """
     fields = tuple(fields or DEFAULT_FIELDS)
     out: dict[str, Prompt] = {}
     repeated = 0
     for where, rec in read_records(path, split):
         prompt = record_to_prompt(rec, where, where, fields)
+        first = out.get(prompt.id)
+        if first is not None and first.meta != prompt.meta:
+            prompt = prompt.model_copy(update={"id": task_id(prompt)})
         if prompt.id in out:
             repeated += 1
             continue
@@ -187,23 +217,33 @@ def load_prompts(
     return list(out.values()), repeated
 
 
+def keep_tasks_apart(corpus: Corpus, prompts: Sequence[Prompt]) -> tuple[list[Prompt], int]:
+    """Prompts whose id is already in the corpus with other meta get their `task_id` instead of
+    being dropped as "already there". Returns (prompts, how many were kept apart)."""
+    ids = [p.id for p in prompts]
+    if not ids:
+        return list(prompts), 0
+    stored = {r["id"]: json.loads(r["meta"]) if r["meta"] else {}
+              for r in corpus.query("SELECT id, meta FROM prompts WHERE id IN (SELECT unnest(?))", [ids])}
+    out, apart = [], 0
+    for p in prompts:
+        if p.id in stored and stored[p.id] != p.meta and p.id != task_id(p):
+            p = p.model_copy(update={"id": task_id(p)})
+            apart += 1
+        out.append(p)
+    return out, apart
+
+
 def prompts_from_sql(corpus: Corpus, sql: str, limit: int | None = None) -> list[Prompt]:
     """Prompts named by a query over the corpus: it returns prompt ids (`id` or `prompt_id`)
     or chat `messages`."""
-    first_word = (sql.strip().split(None, 1) or [""])[0].lower().lstrip("(")
-    if first_word not in ("select", "with", "from", "values", "table"):
-        raise UserError(f"--from-sql: give a SELECT query (it starts with {first_word or 'nothing'!r}); --from-sql only reads the corpus")
+    one_statement(sql, "--from-sql", select=True)
     try:
-        # rolled back whatever it is: reading prompts must never change the corpus
-        with corpus.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                cur = con.execute(sql)
-                cols = [d[0] for d in cur.description or []]
-                rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-            finally:
-                con.execute("ROLLBACK")
-    except Exception as e:
+        with corpus.reader() as con:  # DuckDB refuses writes on it: reading prompts never changes the corpus
+            cur = con.execute(sql)
+            cols = [d[0] for d in cur.description or []]
+            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    except duckdb.Error as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"--from-sql: the query failed ({first[:200]}); test it with `python -m corpus --db {corpus.path} sql \"...\"`") from None
     if not rows:

@@ -1,4 +1,8 @@
-"""`python -m judge --rubric R --db D [--where SQL]` and `python -m judge audit --rubric R --db D [--plot P]`."""
+"""`python -m judge --rubric R --db D [--where SQL]` and `python -m judge audit --rubric R --db D [--plot P]`.
+
+`--where` is one SQL expression, checked by DuckDB's parser and run on a read-only connection.
+Exit status 3: backend errors remain (rerun to retry them); see corpus.errors.EXIT_STATUS.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from rich.table import Table
 
 from backends import BackendError, add_backend_args, backend_from_args
 from corpus import ArgumentParser, Corpus, UserError
+from corpus.errors import EXIT_STATUS, report_incomplete
 
 from .audit import run_audit
 from .run import run_judge
@@ -17,7 +22,7 @@ from .run import run_judge
 
 def _judge_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m judge", description="Judge every candidate not yet judged under a rubric version. "
-                       "Subcommand: `python -m judge audit ...` prints the bias report.")
+                       "Subcommand: `python -m judge audit ...` prints the bias report.", epilog=EXIT_STATUS)
     p.add_argument("--rubric", required=True, help="rubric YAML, e.g. prompts/code.yaml")
     p.add_argument("--db", required=True, help="the corpus DuckDB file")
     p.add_argument("--where", default=None, help="SQL condition on generations g / prompts p, e.g. \"g.model = 'x'\"")
@@ -54,14 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         prefix_reuse=not args.no_prefix_reuse)
     if not args.quiet:
         print_summary(summary)
-    return 0
+    # 0: every planned judgment stored (parse failures are stored results); 3: backend errors remain
+    planned = int(summary.get("judged", 0)) + int(summary.get("transient", 0))
+    return report_incomplete("judge", int(summary.get("transient", 0)), planned, "judge calls")
 
 
 def audit_main(argv: Sequence[str]) -> int:
     args = _audit_parser().parse_args(list(argv))
     if args.plot and not Path(args.plot).parent.exists():
         raise UserError(f"--plot {args.plot}: folder {Path(args.plot).parent} does not exist; create it first")
-    report = run_audit(Corpus(args.db, create=False), args.rubric, plot=args.plot)
+    report = run_audit(Corpus(args.db, create=False, read_only=True), args.rubric, plot=args.plot)  # reads only
     if args.json:
         import json
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 from backends import Backend, BackendError, CachedBackend, load_backend
 from backends.embedded import EMBEDDED_NAME
 from corpus import BatchWriter, Corpus, Flag, Judgment, Record, UserError, content_id
+from corpus.sqlcheck import where_query
 
 from . import aggregate, pairwise
 from .calls import LLMTask, ask, to_records
@@ -45,12 +46,11 @@ def load_candidates(corpus: Corpus, where: str | None) -> list[dict[str, Any]]:
 
     Only ids are read up front: a rerun where everything is judged never reads 10,000 texts.
     """
-    sql = (
-        "SELECT g.id, g.prompt_id FROM generations g JOIN prompts p ON p.id = g.prompt_id"
-        + (f" WHERE ({where})" if where else "") + " ORDER BY g.prompt_id, g.id"
-    )
+    # one checked expression, run where DuckDB refuses writes (corpus.sqlcheck)
+    sql = where_query("SELECT g.id, g.prompt_id FROM generations g JOIN prompts p ON p.id = g.prompt_id",
+                      where, " ORDER BY g.prompt_id, g.id")
     try:
-        with corpus.connect() as con:
+        with corpus.reader() as con:
             cols = con.sql(sql).fetchnumpy()
     except duckdb.Error as e:
         first = str(e).strip().splitlines()[0][:200]
@@ -140,8 +140,7 @@ def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backen
     if rubric.llm_criteria() and not rubric.judges and backend is None:
         raise UserError(f"{rubric_path}: the rubric has LLM criteria but `judges: []`; add a judge "
                         "(e.g. `judges: [{backend: hf}]`) or pass --judge-backend")
-    with corpus.session():
-        cands = load_candidates(corpus, where)
+    cands = load_candidates(corpus, where)
     if any(c.verifier and c.verifier.type == "reward_model" for c in rubric.criteria):
         for c in rubric.verifier_criteria():
             if c.verifier and c.verifier.type == "reward_model":

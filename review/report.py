@@ -18,7 +18,7 @@ def set_score_threshold(corpus: Corpus, threshold: float) -> None:
 
 
 def agreement_report(corpus: Corpus, confidence: float = 0.95) -> dict[str, Any]:
-    with corpus.session():
+    with corpus.read_session():  # a report reads: DuckDB refuses writes here
         agreement = corpus.query(
             "SELECT * FROM judge_human_agreement ORDER BY judge, rubric, rubric_version, criterion"
         )

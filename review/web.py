@@ -58,9 +58,10 @@ def create_app(db: str | Path) -> FastAPI:
         return HTMLResponse("not logged in: open /login and paste your reviewer token", status_code=401)
 
     @contextlib.contextmanager
-    def db() -> Iterator[None]:
-        """One open of the corpus per request (closed before the response goes out)."""
-        with lock, corpus.session():
+    def db(read: bool = False) -> Iterator[None]:
+        """One open of the corpus per request (closed before the response goes out); pages that
+        only show things open it read-only, so DuckDB refuses any write they might attempt."""
+        with lock, (corpus.read_session() if read else corpus.session()):
             yield
 
     def reviewer_of(request: Request) -> tuple[str, str]:
@@ -108,7 +109,7 @@ def create_app(db: str | Path) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def home(request: Request) -> Response:
-        with db():
+        with db(read=True):
             name, cookie = reviewer_of(request)
             item = next_item(corpus, name)
             prog = progress(corpus, name)
@@ -118,7 +119,7 @@ def create_app(db: str | Path) -> FastAPI:
 
     @app.get("/item/{sample_id}", response_class=HTMLResponse)
     def item_page(request: Request, sample_id: str) -> Response:
-        with db():
+        with db(read=True):
             name, cookie = reviewer_of(request)
             d = item_details(corpus, sample_id, name)
             prog = progress(corpus, name)

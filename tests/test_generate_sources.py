@@ -41,7 +41,7 @@ def test_arena_hard_turns_of_content_objects(shared_data):
 
 def test_messages_with_system_and_repeats_kept_once(tmp_path):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
-    f = write_jsonl(tmp_path / "p.jsonl", [{"messages": msgs, "tag": 1}, {"messages": msgs, "tag": 2}, {"prompt": "Other"}])
+    f = write_jsonl(tmp_path / "p.jsonl", [{"messages": msgs, "tag": 1}, {"messages": msgs, "tag": 1}, {"prompt": "Other"}])
     prompts, repeated = load_prompts(f)
     assert [p.text for p in prompts] == ["Hi?", "Other"] and repeated == 1
     assert prompts[0].messages == msgs and prompts[0].meta == {"tag": 1}
