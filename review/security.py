@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from limits import RateLimitItem, parse
@@ -75,6 +79,7 @@ class LoginLimiter:
 
     per_address: RateLimitItem = field(default_factory=lambda: parse(DEFAULT_PER_ADDRESS))
     per_token: RateLimitItem = field(default_factory=lambda: parse(DEFAULT_PER_TOKEN))
+    tarpit_s: float = 1.0  # a refused attempt is answered after this long (asleep, no thread held)
 
     def __post_init__(self) -> None:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
@@ -94,6 +99,18 @@ class LoginLimiter:
 
     def failed(self, token: str) -> None:
         self._limiter.hit(self.per_token, "token", token_key(token))
+
+
+def _lowest_priority() -> None:
+    # Linux nice values are per thread: this lowers only the hash thread, never the pages'
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def hash_worker() -> ThreadPoolExecutor:
+    """The one thread that runs login hashes: one at a time, at nice 19 on Linux, so a flood of
+    logins gets at most one core and the scheduler gives reviewers' page threads first call on it."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="login-hash", initializer=_lowest_priority)
 
 
 def host_form(host: str) -> str:

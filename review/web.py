@@ -6,20 +6,21 @@ its reads or its one write transaction, and closes it (see corpus/store.py), so 
 write between two clicks. A lock serializes requests inside this process, because one Corpus
 object shares its connection across nested calls and request threads must not share it.
 
-A login reads the token's row under that lock, then hashes outside it on a worker thread (one
-hash at a time), so a login flood takes at most one core and never holds up a reviewer's page.
+A login reads the token's row under that lock, then hashes outside it on one dedicated worker
+thread at the lowest CPU priority (see security.hash_worker), so a login flood takes at most one
+core, yields it to reviewers' pages, and never holds the lock while it hashes.
 Rate limits, trusted hosts, Secure cookies and error codes live in review/security.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-import anyio
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -30,7 +31,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from corpus import Corpus, UserError
 
 from .auth import csrf_ok, csrf_token, end_session, lookup_token, session_reviewer, start_session, verify_token
-from .security import LOCAL_HOSTS, LoginLimiter, error_code, error_message, is_https
+from .security import LOCAL_HOSTS, LoginLimiter, error_code, error_message, hash_worker, is_https
 from .verdicts import item_details, next_item, progress, record_verdict
 
 HERE = Path(__file__).parent
@@ -53,7 +54,7 @@ def create_app(
     corpus = Corpus(db, create=False)
     lock = threading.Lock()
     limiter = limiter or LoginLimiter()
-    hash_slots = anyio.CapacityLimiter(1)
+    hasher = hash_worker()
     # no trailing-slash redirects: the app never builds an absolute URL from the Host header
     app = FastAPI(title="review", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOCAL_HOSTS), www_redirect=False)
@@ -120,12 +121,13 @@ def create_app(
             return HTMLResponse("missing or wrong CSRF token: reload /login and try again", status_code=403)
         wait = limiter.attempt(request.client.host if request.client else "unknown", token)
         if wait is not None:
+            await asyncio.sleep(limiter.tarpit_s)  # a flood's threads wait here, not burning CPU on retries
             resp = render(request, "login.html", status=429, csrf=nonce,
                           error=f"Too many login attempts. Wait {wait} s and try again.")
             resp.headers["Retry-After"] = str(wait)
             return resp
         check = await run_in_threadpool(lookup, token)
-        name = await anyio.to_thread.run_sync(verify_token, check, limiter=hash_slots)
+        name = await asyncio.get_running_loop().run_in_executor(hasher, verify_token, check)
         if not name:
             limiter.failed(token)
             return render(request, "login.html", status=401, csrf=nonce, error="Unknown or revoked token.")

@@ -143,3 +143,12 @@ def test_a_foreign_host_header_is_refused_before_any_redirect(served):
             assert r.status_code == 400 and "location" not in r.headers
         assert c.get("/static").status_code == 404  # no trailing-slash redirect at all
         assert c.get("/login", headers={"host": f"localhost:{server.port}"}).status_code == 200
+
+
+def test_forwarded_headers_are_ignored_without_a_trusted_proxy(served):
+    """uvicorn believes X-Forwarded-* from 127.0.0.1 by default; `review serve` believes them only
+    from --trusted-proxy addresses, so a local client cannot claim https (or another address)."""
+    corpus, server, token, _ = served
+    with httpx.Client(base_url=server.url, headers={"x-forwarded-proto": "https", "x-forwarded-for": "198.51.100.1"}) as c:
+        page = c.get("/login")
+        assert page.status_code == 200 and "secure" not in page.headers["set-cookie"].lower()
