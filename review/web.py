@@ -30,7 +30,9 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from corpus import Corpus, UserError
 
-from .auth import csrf_ok, csrf_token, end_session, lookup_token, session_reviewer, start_session, verify_token
+from .auth import (
+    TokenCheck, csrf_ok, csrf_token, end_session, lookup_token, session_reviewer, start_session, verify_token,
+)
 from .security import LOCAL_HOSTS, LoginLimiter, error_code, error_message, hash_worker, is_https
 from .verdicts import item_details, next_item, progress, record_verdict
 
@@ -106,7 +108,7 @@ def create_app(
         resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=secure(request))
         return resp
 
-    def lookup(token: str) -> Any:
+    def lookup(token: str) -> TokenCheck:
         with db():
             return lookup_token(corpus, token)
 
