@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 
 from corpus import Corpus, UserError
@@ -24,6 +25,12 @@ SESSION_TTL = timedelta(hours=12)
 def _scrypt(secret: str, salt: str) -> str:
     # n=2**14 costs ~50 ms per login: nothing for a person, expensive for a stolen-corpus brute force
     return hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), n=2**14, r=8, p=1, dklen=32).hex()
+
+
+# unknown ids are checked against this, so they cost the same hash as known ones
+_DUMMY_SALT = secrets.token_hex(16)
+_DUMMY_DIGEST = secrets.token_hex(32)
+_MAX_SECRET = 256
 
 
 def add_reviewer(corpus: Corpus, name: str, rotate: bool = False) -> str:
@@ -59,18 +66,39 @@ def disable_reviewer(corpus: Corpus, name: str) -> None:
         con.execute("DELETE FROM review_sessions WHERE reviewer = ?", [name])
 
 
-def check_token(corpus: Corpus, token: str) -> str | None:
-    """The reviewer a token belongs to, or None."""
+@dataclass(frozen=True)
+class TokenCheck:
+    """What verifying a token needs, read from the corpus in one quick query; the slow hash
+    (`verify_token`) then runs without the corpus or any lock."""
+
+    secret: str
+    name: str | None  # None: no such id, disabled, or malformed; the hash still runs
+    salt: str = _DUMMY_SALT
+    digest: str = _DUMMY_DIGEST
+
+
+def lookup_token(corpus: Corpus, token: str) -> TokenCheck:
     token_id, _, secret = (token or "").strip().partition(".")
-    if not token_id or not secret:
-        return None
     rows = corpus.query(
         "SELECT name, token_salt, token_hash FROM reviewers WHERE token_id = ? AND NOT disabled", [token_id]
-    )
+    ) if token_id and secret else []
+    secret = secret[:_MAX_SECRET]  # a megabyte "secret" costs no more to hash than a real one
     if not rows:
-        return None
+        return TokenCheck(secret, None)
     r = rows[0]
-    return r["name"] if hmac.compare_digest(_scrypt(secret, r["token_salt"]), r["token_hash"]) else None
+    return TokenCheck(secret, r["name"], r["token_salt"], r["token_hash"])
+
+
+def verify_token(check: TokenCheck) -> str | None:
+    """The reviewer, or None. Exactly one scrypt whether or not the id exists, so the time a
+    login takes does not tell which token ids are real."""
+    ok = hmac.compare_digest(_scrypt(check.secret, check.salt), check.digest)
+    return check.name if ok and check.name is not None else None
+
+
+def check_token(corpus: Corpus, token: str) -> str | None:
+    """The reviewer a token belongs to, or None."""
+    return verify_token(lookup_token(corpus, token))
 
 
 def reviewer_exists(corpus: Corpus, name: str) -> bool:

@@ -11,6 +11,7 @@ from corpus import ArgumentParser, Corpus, UserError
 from .auth import add_reviewer, disable_reviewer
 from .release import DEFAULT_MIN_REVIEWS, DEFAULT_THRESHOLD, release
 from .report import agreement_report, plot_report, print_report, set_score_threshold
+from .security import DEFAULT_PER_ADDRESS, DEFAULT_PER_TOKEN
 from .sampler import sample_queue
 
 
@@ -40,6 +41,18 @@ def _parser() -> ArgumentParser:
     v = sub.add_parser("serve", help="serve the review page")
     v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; put TLS in front for other hosts)")
     v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a Host header the page answers, e.g. review.example.org (repeat for more; *.example.org "
+                        "for subdomains). Default: the --host address and localhost; other Host headers get 400")
+    v.add_argument("--https", action="store_true",
+                   help="reviewers reach the page over https (a TLS proxy in front): cookies are always Secure")
+    v.add_argument("--trusted-proxy", action="append", metavar="ADDR",
+                   help="a proxy address or network (e.g. 127.0.0.1, 10.0.0.0/8) whose X-Forwarded-For and "
+                        "X-Forwarded-Proto are believed: https there makes cookies Secure; repeat for more")
+    v.add_argument("--login-rate-per-address", default=DEFAULT_PER_ADDRESS, metavar="RATE",
+                   help=f"login attempts allowed per client address (default {DEFAULT_PER_ADDRESS}); more get 429")
+    v.add_argument("--login-rate-per-token", default=DEFAULT_PER_TOKEN, metavar="RATE",
+                   help=f"failed logins allowed per token id (default {DEFAULT_PER_TOKEN}); more get 429")
 
     n = sub.add_parser("next", help="review queued items in the terminal")
     n.add_argument("--reviewer", required=True, help="a name registered with add-reviewer")
@@ -94,9 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.cmd == "serve":
         from .web import serve
 
+        options = serve_options(args)
         _check_listen(args.host, args.port)
-        print(f"review page on http://{args.host}:{args.port}/  (Ctrl-C to stop)")
-        serve(args.db, args.host, args.port)
+        scheme = "https" if args.https else "http"
+        print(f"review page on {scheme}://{args.host}:{args.port}/ for Host {', '.join(options['allowed_hosts'])}"
+              "  (Ctrl-C to stop)", flush=True)
+        serve(args.db, args.host, args.port, **options)
     elif args.cmd == "next":
         from .terminal import review_in_terminal
 
@@ -123,6 +139,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  - {m}")
             return 1
     return 0
+
+
+def serve_options(args: argparse.Namespace) -> dict:
+    """create_app's options from the serve flags; a bad value is a one-line error."""
+    import ipaddress
+
+    from .security import LoginLimiter, allowed_hosts, parse_rate
+
+    limiter = LoginLimiter(parse_rate("--login-rate-per-address", args.login_rate_per_address),
+                           parse_rate("--login-rate-per-token", args.login_rate_per_token))
+    for proxy in args.trusted_proxy or []:
+        try:
+            proxy == "*" or ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise UserError(f"--trusted-proxy {proxy}: give an IP address or network, e.g. 127.0.0.1 or 10.0.0.0/8") from None
+    return {"allowed_hosts": allowed_hosts(args.host, args.allowed_host), "https": args.https,
+            "trusted_proxies": args.trusted_proxy, "limiter": limiter}
 
 
 def _check_listen(host: str, port: int) -> None:

@@ -5,10 +5,16 @@ server holds no connection to the corpus between requests: each request opens th
 its reads or its one write transaction, and closes it (see corpus/store.py), so a batch job can
 write between two clicks. A lock serializes requests inside this process, because one Corpus
 object shares its connection across nested calls and request threads must not share it.
+
+A login reads the token's row under that lock, then hashes outside it on one dedicated worker
+thread at the lowest CPU priority (see security.hash_worker), so a login flood takes at most one
+core, yields it to reviewers' pages, and never holds the lock while it hashes.
+Rate limits, trusted hosts, Secure cookies and error codes live in review/security.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import threading
@@ -19,10 +25,15 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from corpus import Corpus, UserError
 
-from .auth import check_token, csrf_ok, csrf_token, end_session, session_reviewer, start_session
+from .auth import (
+    TokenCheck, csrf_ok, csrf_token, end_session, lookup_token, session_reviewer, start_session, verify_token,
+)
+from .security import LOCAL_HOSTS, LoginLimiter, error_code, error_message, hash_worker, is_https
 from .verdicts import item_details, next_item, progress, record_verdict
 
 HERE = Path(__file__).parent
@@ -35,10 +46,24 @@ class NotLoggedIn(Exception):
     pass
 
 
-def create_app(db: str | Path) -> FastAPI:
+def create_app(
+    db: str | Path, allowed_hosts: list[str] | None = None, https: bool = False,
+    trusted_proxies: list[str] | None = None, limiter: LoginLimiter | None = None,
+) -> FastAPI:
+    """The review app. `allowed_hosts`: Host header values it answers (default the localhost
+    forms); `https`: cookies always Secure; `trusted_proxies`: addresses whose X-Forwarded-For
+    and X-Forwarded-Proto are believed; `limiter`: the login rate limits."""
     corpus = Corpus(db, create=False)
     lock = threading.Lock()
-    app = FastAPI(title="review", docs_url=None, redoc_url=None, openapi_url=None)
+    limiter = limiter or LoginLimiter()
+    hasher = hash_worker()
+    # no trailing-slash redirects: the app never builds an absolute URL from the Host header
+    app = FastAPI(title="review", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOCAL_HOSTS), www_redirect=False)
+    if trusted_proxies:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted_proxies)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")  # autoescape on for .html
 
@@ -74,26 +99,45 @@ def create_app(db: str | Path) -> FastAPI:
     def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, name, ctx, status_code=status)
 
+    def secure(request: Request) -> bool:
+        return is_https(request.url.scheme, https)
+
     @app.get("/login", response_class=HTMLResponse)
     def login_page(request: Request) -> HTMLResponse:
         nonce = secrets.token_urlsafe(24)
         resp = render(request, "login.html", csrf=nonce, error=None)
-        resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict")
+        resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=secure(request))
         return resp
 
-    @app.post("/login")
-    def login(request: Request, token: str = Form(""), csrf_token_: str = Form("", alias="csrf_token")) -> Response:
-        nonce = request.cookies.get(LOGIN_COOKIE)
-        if not nonce or not secrets.compare_digest(nonce, csrf_token_):
-            return HTMLResponse("missing or wrong CSRF token: reload /login and try again", status_code=403)
+    def lookup(token: str) -> TokenCheck:
         with db():
-            name = check_token(corpus, token)
-            cookie = start_session(corpus, name) if name else None
+            return lookup_token(corpus, token)
+
+    def new_session(name: str) -> str:
+        with db():
+            return start_session(corpus, name)
+
+    @app.post("/login")
+    async def login(request: Request, token: str = Form(""), csrf_token_: str = Form("", alias="csrf_token")) -> Response:
+        nonce = request.cookies.get(LOGIN_COOKIE)
+        if not nonce or not secrets.compare_digest(nonce.encode(), csrf_token_.encode()):
+            return HTMLResponse("missing or wrong CSRF token: reload /login and try again", status_code=403)
+        wait = limiter.attempt(request.client.host if request.client else "unknown", token)
+        if wait is not None:
+            await asyncio.sleep(limiter.tarpit_s)  # a flood's threads wait here, not burning CPU on retries
+            resp = render(request, "login.html", status=429, csrf=nonce,
+                          error=f"Too many login attempts. Wait {wait} s and try again.")
+            resp.headers["Retry-After"] = str(wait)
+            return resp
+        check = await run_in_threadpool(lookup, token)
+        name = await asyncio.get_running_loop().run_in_executor(hasher, verify_token, check)
         if not name:
-            return render(request, "login.html", status=401, csrf=nonce, error="unknown or revoked token")
+            limiter.failed(token)
+            return render(request, "login.html", status=401, csrf=nonce, error="Unknown or revoked token.")
+        cookie = await run_in_threadpool(new_session, name)
         resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict", max_age=12 * 3600)
-        resp.delete_cookie(LOGIN_COOKIE)
+        resp.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict", max_age=12 * 3600, secure=secure(request))
+        resp.delete_cookie(LOGIN_COOKIE, httponly=True, samesite="strict", secure=secure(request))
         return resp
 
     @app.post("/logout")
@@ -104,7 +148,7 @@ def create_app(db: str | Path) -> FastAPI:
                 return HTMLResponse("missing or wrong CSRF token", status_code=403)
             end_session(corpus, cookie)
         resp = RedirectResponse("/login", status_code=303)
-        resp.delete_cookie(SESSION_COOKIE)
+        resp.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict", secure=secure(request))
         return resp
 
     @app.get("/", response_class=HTMLResponse)
@@ -126,7 +170,7 @@ def create_app(db: str | Path) -> FastAPI:
         if d is None:
             return HTMLResponse("no such item in the review queue", status_code=404)
         return render(request, "item.html", reviewer=name, progress=prog, csrf=csrf_token(cookie), d=d,
-                      error=request.query_params.get("error"))
+                      error=error_message(request.query_params.get("error")))
 
     @app.post("/item/{sample_id}/verdict")
     def verdict(
@@ -142,17 +186,18 @@ def create_app(db: str | Path) -> FastAPI:
                 return HTMLResponse("no such item in the review queue", status_code=404)
             try:
                 record_verdict(corpus, rows[0]["target_id"], name, verdict, note=note, edited_response=edited_response)
-            except UserError as e:
-                from urllib.parse import quote
-
-                return RedirectResponse(f"/item/{sample_id}?error={quote(str(e))}", status_code=303)
+            except UserError as e:  # the page shows a fixed message for the code, never text from the URL
+                return RedirectResponse(f"/item/{sample_id}?error={error_code(e)}", status_code=303)
             nxt = next_item(corpus, name, after=rows[0]["priority"]) or next_item(corpus, name)
         return RedirectResponse(f"/item/{nxt['id']}" if nxt else "/", status_code=303)
 
     return app
 
 
-def serve(db: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(db: str | Path, host: str = "127.0.0.1", port: int = 8000, **app_options: Any) -> None:
+    """Run the app with uvicorn. Access logs stay off (warning level); uvicorn's own proxy-header
+    handling is off too, because create_app trusts only the proxies it is given."""
     import uvicorn
 
-    uvicorn.run(create_app(db), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(db, **app_options), host=host, port=port, log_level="warning",
+                proxy_headers=False, server_header=False)

@@ -123,6 +123,9 @@ def test_refused_without_token_and_without_csrf(site, browser):
     page.fill("#token", token)
     page.click("#login")
     page.wait_for_url("**/item/*")
+    # a link with planted alert text shows only a fixed message
+    page.goto(f"{server.url}/item/{item}?error=Session+expired:+paste+your+token+at+evil.example")
+    assert page.locator("[role=alert]").inner_text() == "not recorded: the verdict was not valid; try again."
     # same cookies as the logged-in page, but a forged form without the CSRF token
     r = page.request.post(f"{server.url}/item/{item}/verdict", form={"verdict": "approve"})
     assert r.status == 403

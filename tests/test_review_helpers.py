@@ -82,7 +82,7 @@ def free_port() -> int:
 class ReviewServer:
     """`python -m review serve` as a real subprocess on a free loopback port."""
 
-    def __init__(self, db: str):
+    def __init__(self, db: str, *args: str):
         import subprocess
         import sys
         from pathlib import Path
@@ -90,7 +90,7 @@ class ReviewServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "review", "--db", db, "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "review", "--db", db, "serve", "--port", str(self.port), *args],
             cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
 

@@ -98,7 +98,8 @@ def test_reject_needs_a_reason_and_edit_makes_a_human_generation(served):
         login(c, token)
         csrf = page_csrf(c.get(f"/item/{item}").text)
         r = c.post(f"/item/{item}/verdict", data={"verdict": "reject", "note": " ", "csrf_token": csrf})
-        assert r.status_code == 303 and "error=" in r.headers["location"]
+        assert r.status_code == 303 and r.headers["location"] == f"/item/{item}?error=reason"
+        assert "a reject needs a reason" in c.get(r.headers["location"]).text
         assert n_reviews(corpus) == before
         r = c.post(f"/item/{item}/verdict",
                    data={"verdict": "edit", "edited_response": "fixed <b>text</b>", "csrf_token": csrf})
@@ -132,3 +133,22 @@ def test_a_disabled_reviewer_is_logged_out(served):
         assert c.get("/").headers["location"] == "/login"
         page = c.get("/login")
         assert c.post("/login", data={"token": token, "csrf_token": page_csrf(page.text)}).status_code == 401
+
+
+def test_a_foreign_host_header_is_refused_before_any_redirect(served):
+    corpus, server, token, _ = served
+    with httpx.Client(base_url=server.url) as c:
+        for path in ("/static", "/", "/login"):
+            r = c.get(path, headers={"host": "evil.example"})
+            assert r.status_code == 400 and "location" not in r.headers
+        assert c.get("/static").status_code == 404  # no trailing-slash redirect at all
+        assert c.get("/login", headers={"host": f"localhost:{server.port}"}).status_code == 200
+
+
+def test_forwarded_headers_are_ignored_without_a_trusted_proxy(served):
+    """uvicorn believes X-Forwarded-* from 127.0.0.1 by default; `review serve` believes them only
+    from --trusted-proxy addresses, so a local client cannot claim https (or another address)."""
+    corpus, server, token, _ = served
+    with httpx.Client(base_url=server.url, headers={"x-forwarded-proto": "https", "x-forwarded-for": "198.51.100.1"}) as c:
+        page = c.get("/login")
+        assert page.status_code == 200 and "secure" not in page.headers["set-cookie"].lower()
