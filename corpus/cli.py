@@ -1,4 +1,4 @@
-"""`python -m corpus --db FILE sql|stats|tables|export`: the corpus from the shell."""
+"""`python -m corpus --db FILE sql|stats|tables|export|import-pairs`: the corpus from the shell."""
 
 from __future__ import annotations
 
@@ -106,7 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("table")
     e.add_argument("--format", choices=sorted(FORMATS), default="parquet")
     e.add_argument("--out", required=True, type=Path)
+    from . import import_pairs
+
+    import_pairs.add_parser(sub)
     args = ap.parse_args(argv)
+    if args.cmd == "import-pairs":
+        return import_pairs.run(args, list(sys.argv[1:] if argv is None else argv))
 
     corpus = Corpus(args.db, create=False)
     if args.cmd == "sql":
