@@ -88,7 +88,7 @@ def import_pairs(corpus: Corpus, path: str | Path, *, source: str | None = None,
         summary = {"rows": parsed.rows, "pairs": len(pair_ids), "new": new, "skipped": parsed.skipped,
                    "bad": len(parsed.bad), "release_id": release_id, "source": source}
         run.summary = summary
-    return {**summary, "bad_rows": parsed.bad}
+    return {**summary, "bad_rows": parsed.bad, "pair_ids": pair_ids}
 
 
 def _release(con: Any, pair_ids: list[str], source: str, path: str, run_id: str) -> tuple[str, bool]:

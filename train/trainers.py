@@ -280,6 +280,7 @@ def train_model(
     }
     if kind == "rm":
         config["heldout_snapshot_hash"] = snapshot_hash("heldout:pair", heldout_ids)
+        config["heldout_pair_ids"] = heldout_ids  # `judge eval --heldout-of MODEL` measures on exactly these
     with corpus.run(f"train {kind}", config, argv=argv) as run:
         trainer = _build_trainer(kind, base_path, ts, opts, out_dir,
                                  _callbacks(corpus, model_id, run.id, progress, kind) + list(callbacks or []), progress)
