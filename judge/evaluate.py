@@ -138,6 +138,17 @@ def _winner_id(r: dict[str, Any], meta: dict[str, Any]) -> tuple[str | None, str
     return (r["generation_a"] if w == "A" else r["generation_b"] if w == "B" else None), w
 
 
+def _preference(orders: dict[str, tuple], chosen: str, rejected: str, same: bool) -> float:
+    """1 / 0.5 / 0: one voter's verdict on the chosen answer from its two orders. A logprob judge
+    decides by P(chosen wins) averaged over both orders (slot bias cancels, as in pairwise.reconcile);
+    otherwise orders that name different winners make a tie."""
+    if all(v[3] is not None for v in orders.values()):
+        p = sum(v[3] if v[2] == chosen else 1.0 - v[3] for v in orders.values()) / len(orders)
+        return 1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5
+    v = orders["ab"][0] if same else None
+    return 1.0 if v == chosen else 0.0 if v == rejected else 0.5
+
+
 def pairwise_outcomes(corpus: Corpus, rubric: Rubric, pairs: list[dict[str, Any]]) -> dict[str, list[PairOutcome]]:
     """judge -> outcomes: each (criterion, sample) voter's two orders reconciled (a changed winner is a tie)."""
     key = {pairwise.pair_id(p["chosen_id"], p["rejected_id"]): p for p in pairs}
@@ -145,8 +156,11 @@ def pairwise_outcomes(corpus: Corpus, rubric: Rubric, pairs: list[dict[str, Any]
     for r in _judgments(corpus, rubric, list(key), "pair"):
         if r["parse_status"] == "failed":
             continue
-        wid, w = _winner_id(r, json.loads(r["meta"]) if r["meta"] else {})
-        votes[r["judge"]][r["target_id"]].setdefault((r["criterion"], r["sample_idx"]), {})[r["order"]] = (wid, w)
+        meta = json.loads(r["meta"]) if r["meta"] else {}
+        wid, w = _winner_id(r, meta)
+        # a logprob judge's score is P(shown first wins): kept as P(generation_a wins) to average the orders
+        p_first = float(r["score"]) if meta.get("method") == "logprob" and r["score"] is not None else None
+        votes[r["judge"]][r["target_id"]].setdefault((r["criterion"], r["sample_idx"]), {})[r["order"]] = (wid, w, r["generation_a"], p_first)
     out: dict[str, list[PairOutcome]] = {}
     for judge, by_pair in votes.items():
         rows = []
@@ -154,12 +168,11 @@ def pairwise_outcomes(corpus: Corpus, rubric: Rubric, pairs: list[dict[str, Any]
             o = PairOutcome(p["id"], p["category"], None, longer(p["chosen"], p["rejected"]))
             prefs = []
             for orders in by_pair.get(pid, {}).values():
-                o.first_slot += [w == "A" for _, w in orders.values()]
+                o.first_slot += [v[1] == "A" for v in orders.values()]
                 if "ab" in orders and "ba" in orders:
                     same = orders["ab"][0] == orders["ba"][0]
                     o.flips.append(not same)
-                    v = orders["ab"][0] if same else None
-                    prefs.append(1.0 if v == p["chosen_id"] else 0.0 if v == p["rejected_id"] else 0.5)
+                    prefs.append(_preference(orders, p["chosen_id"], p["rejected_id"], same))
             o.agree = sum(prefs) / len(prefs) if prefs else None
             rows.append(o)
         out[judge] = rows
@@ -205,6 +218,8 @@ def run_judge_eval(corpus: Corpus, rubric_path: str, *, labels: str | None = Non
         members = set(Judges(rubric, corpus, run.id, backend, False).names)
         members |= {f"verifier:{c.verifier.type}" for c in rubric.verifier_criteria() if c.verifier}
         outcomes = {j: o for j, o in outcomes.items() if j in members or (j == "jury" and len(members) > 1)}
+        for j in members - set(outcomes):  # a judge whose every answer failed to parse still gets its row
+            outcomes[j] = [PairOutcome(p["id"], p["category"], None, longer(p["chosen"], p["rejected"])) for p in pairs]
         any_outcomes = next(iter(outcomes.values()), None) or [
             PairOutcome(p["id"], p["category"], None, longer(p["chosen"], p["rejected"])) for p in pairs]
         judges = [{"judge": j, "kind": "jury" if j == "jury" else "member", **judge_metrics(o, seed)}

@@ -167,3 +167,46 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, labels):
     assert Corpus(tmp_path / "c.duckdb").query("SELECT count(*) AS n FROM pairs")[0]["n"] == 0
     r = _cli("--rubric", str(PROMPTS / "pairwise.yaml"), "--db", str(tmp_path / "c.duckdb"), "--heldout-of", "nope")
     assert r.returncode == 2 and "--heldout-of nope" in r.stderr
+
+
+def test_logprob_verdicts_are_averaged_over_both_orders(tmp_path, labels):
+    """A logprob judge (method: logprob, i13b's judge/logprob.py) stores P(shown first wins) per
+    order. Written here as rows, since no backend in the tests returns logprobs: a judge that
+    leans to slot A (0.9 / 0.6) still prefers the chosen answer once the orders are averaged."""
+    from corpus import Judgment
+    from corpus.import_pairs import import_pairs
+    from judge import pairwise
+    from judge.evaluate import labelled_pairs, pairwise_outcomes
+    from judge.rubric import load_rubric
+
+    corpus = Corpus(tmp_path / "c.duckdb")
+    import_pairs(corpus, labels)
+    rubric = load_rubric(PROMPTS / "pairwise.yaml")
+    c = rubric.criteria[0]
+    pairs, _ = labelled_pairs(corpus)
+    rows = []
+    for p in pairs:
+        for order, first, second, p_first in (("ab", p["chosen_id"], p["rejected_id"], 0.9),
+                                              ("ba", p["rejected_id"], p["chosen_id"], 0.6)):
+            rows.append(Judgment(target_id=pairwise.pair_id(first, second), target_kind="pair", generation_a=first,
+                                 generation_b=second, judge="hf:x+logprob", rubric=rubric.name, rubric_version=rubric.version,
+                                 criterion=c.name, criterion_hash=rubric.criterion_hash(c), order=order, score=p_first,
+                                 meta={"method": "logprob", "winner": "A", "winner_id": first}))
+    corpus.insert(rows)
+    from judge.eval_metrics import judge_metrics
+
+    m = judge_metrics(pairwise_outcomes(corpus, rubric, pairs)["hf:x+logprob"])
+    assert m["accuracy"]["value"] == 1.0
+    assert m["position_flip_rate"]["value"] == 1.0 and m["first_slot_win_rate"]["value"] == 1.0
+
+
+def test_cli_prints_the_table_and_a_judge_that_never_parses_gets_no_verdicts(tmp_path, labels):
+    db = tmp_path / "c.duckdb"
+    r = _cli("--rubric", str(PROMPTS / "pairwise.yaml"), "--db", str(db), "--labels", str(labels),
+             "--judge-backend", "fake", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    j = {x["judge"]: x for x in rep["judges"]}["fake:fake"]
+    assert j["no_verdict"] == 6 and j["accuracy"]["value"] == 0.5 and j["position_flip_rate"]["value"] is None
+    r = _cli("--rubric", str(PROMPTS / "pairwise.yaml"), "--db", str(db), "--judge-backend", "fake")
+    assert r.returncode == 0 and "baseline:longer" in r.stdout and "judge eval: pairwise" in r.stdout
