@@ -104,6 +104,8 @@ def plot_eval(report: dict[str, Any], path: str) -> None:
                ("first_slot_win_rate", "first slot wins", (0, 1), 0.5), ("length_bias", "length bias", (-1, 1), 0.0)]
     judges = report["judges"]
     labels = [j["judge"] for j in judges]
+    # pointwise judges see one answer at a time: no order to flip, no slot to prefer
+    metrics = [m for m in metrics if any((j.get(m[0]) or {}).get("value") is not None for j in judges)] or metrics[:1]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 0.5 * len(judges) + 2), squeeze=False)
     for ax, (key, title, lim, ref) in zip(axes[0], metrics):
         for y, j in enumerate(judges):
@@ -113,7 +115,8 @@ def plot_eval(report: dict[str, Any], path: str) -> None:
                 ax.text(lim[0], y, " n/a", va="center")
                 continue
             color = "#888" if j["kind"] == "baseline" else "#37a" if j["kind"] == "jury" else "#3a7"
-            ax.barh(y, v - lim[0], left=lim[0], color=color)
+            origin = 0.0 if lim[0] < 0 else lim[0]
+            ax.barh(y, v - origin, left=origin, color=color)
             ax.errorbar(v, y, xerr=[[v - m["lower"]], [m["upper"] - v]], fmt="none", ecolor="black", capsize=3)
             ax.text(v, y, f" {v:.2f}", va="bottom", fontsize=8)
         ax.set_yticks(range(len(judges)))

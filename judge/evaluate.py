@@ -215,7 +215,7 @@ def run_judge_eval(corpus: Corpus, rubric_path: str, *, labels: str | None = Non
         with corpus.session():
             outcomes = (pointwise_outcomes if rubric.mode == "pointwise" else pairwise_outcomes)(corpus, rubric, pairs)
         # this configuration's judges only: other judges stored under the rubric are not measured here
-        members = set(Judges(rubric, corpus, run.id, backend, False).names)
+        members = set(Judges(rubric, corpus, run.id, backend, False).names) if rubric.llm_criteria() else set()
         members |= {f"verifier:{c.verifier.type}" for c in rubric.verifier_criteria() if c.verifier}
         outcomes = {j: o for j, o in outcomes.items() if j in members or (j == "jury" and len(members) > 1)}
         for j in members - set(outcomes):  # a judge whose every answer failed to parse still gets its row
