@@ -1,7 +1,7 @@
-"""`python -m corpus --db FILE sql|stats|tables|export`: the corpus from the shell.
+"""`python -m corpus --db FILE sql|stats|tables|export|import-pairs`: the corpus from the shell.
 
-Everything but `sql --write` opens the file read-only: DuckDB itself refuses writes, and a
-corpus the user may not write (another uid, a read-only mount) can still be read.
+Everything but `sql --write` and `import-pairs` opens the file read-only: DuckDB itself refuses
+writes, and a corpus the user may not write (another uid, a read-only mount) can still be read.
 """
 
 from __future__ import annotations
@@ -126,7 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("table")
     e.add_argument("--format", choices=sorted(FORMATS), default="parquet")
     e.add_argument("--out", required=True, type=Path)
+    from . import import_pairs
+
+    import_pairs.add_parser(sub)
     args = ap.parse_args(argv)
+    if args.cmd == "import-pairs":
+        return import_pairs.run(args, list(sys.argv[1:] if argv is None else argv))
 
     writes = args.cmd == "sql" and args.write
     corpus = Corpus(args.db, create=False, read_only=not writes)

@@ -22,7 +22,8 @@ from .run import run_judge
 
 def _judge_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m judge", description="Judge every candidate not yet judged under a rubric version. "
-                       "Subcommand: `python -m judge audit ...` prints the bias report.", epilog=EXIT_STATUS)
+                       "Subcommands: `python -m judge audit ...` prints the bias report; `python -m judge eval ...` "
+                       "measures the judges against human preference labels.", epilog=EXIT_STATUS)
     p.add_argument("--rubric", required=True, help="rubric YAML, e.g. prompts/code.yaml")
     p.add_argument("--db", required=True, help="the corpus DuckDB file")
     p.add_argument("--where", default=None, help="SQL condition on generations g / prompts p, e.g. \"g.model = 'x'\"")
@@ -47,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "audit":
         return audit_main(argv[1:])
+    if argv and argv[0] == "eval":
+        from .eval_report import eval_main
+
+        return eval_main(argv[1:])
     args = _judge_parser().parse_args(argv)
     corpus = Corpus(args.db, create=False)
     backend = None

@@ -2,14 +2,15 @@
 
 Aggregation: `mean` (each judge's samples averaged, then judges averaged), `majority` (the
 most common score, ties broken towards the median), `weighted` (judges weighted by their
-measured agreement with human reviews from the view `judge_human_agreement`; equal weights
-until reviews exist). Agreement is reported per item (1 - mean pairwise distance / scale range,
+measured agreement with human reviews from the view `judge_human_agreement`, else by their
+accuracy on human preference labels from `judge_evals`; equal weights until either exists). Agreement is reported per item (1 - mean pairwise distance / scale range,
 which is 1 when every judgment agrees) and per criterion across items as Krippendorff's alpha
 (interval metric).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from itertools import combinations
 from typing import Iterable
@@ -18,19 +19,44 @@ from corpus import Corpus
 
 
 def human_agreement_weights(corpus: Corpus, rubric: str, rubric_version: str | None) -> dict[tuple[str, str], float]:
-    """(judge, criterion) -> weight from `judge_human_agreement`, where the view exists and has rows.
+    """(judge, criterion) -> weight from people: agreement with human review verdicts
+    (`judge_human_agreement`), else accuracy on human preference labels (`judge_evals`, from
+    `python -m judge eval`; the latest measurement of each judge under this rubric version).
 
-    The weight is the judge's agreement with humans (clipped to [0.05, 1] so that one bad
-    calibration sample cannot silence a judge entirely); a judge without reviews gets 1.
+    The weight is clipped to [0.05, 1] so that one bad calibration sample cannot silence a
+    judge entirely; a judge measured by neither gets 1. Reviews of this corpus's own items come
+    first: they measure the judge on the data it is judging.
     """
+    weights = _label_weights(corpus, rubric, rubric_version)
     try:
         rows = corpus.query(
             "SELECT judge, criterion, agreement, n FROM judge_human_agreement "
             "WHERE rubric = ? AND rubric_version IS NOT DISTINCT FROM ?", [rubric, rubric_version])
     except Exception:  # a view another stage owns must not stop judging; fall back to equal weights
+        rows = []
+    weights.update({(r["judge"], r["criterion"]): _clip(float(r["agreement"]))
+                    for r in rows if r.get("agreement") is not None and (r.get("n") or 0) > 0})
+    return weights
+
+
+def _clip(x: float) -> float:
+    return min(1.0, max(0.05, x))
+
+
+def _label_weights(corpus: Corpus, rubric: str, rubric_version: str | None) -> dict[tuple[str, str], float]:
+    try:
+        rows = corpus.query(
+            "SELECT judge, accuracy, metrics FROM judge_evals WHERE rubric = ? AND rubric_version IS NOT DISTINCT FROM ? "
+            "AND judge NOT IN ('jury', 'baseline:longer') AND accuracy IS NOT NULL ORDER BY created_at",
+            [rubric, rubric_version])
+    except Exception:  # an older corpus without the table: equal weights
         return {}
-    return {(r["judge"], r["criterion"]): min(1.0, max(0.05, float(r["agreement"])))
-            for r in rows if r.get("agreement") is not None and (r.get("n") or 0) > 0}
+    out: dict[tuple[str, str], float] = {}
+    for r in rows:  # later rows (newer measurements) win
+        criteria = (json.loads(r["metrics"]) if isinstance(r["metrics"], str) else r["metrics"] or {}).get("criteria") or []
+        for c in criteria:
+            out[(r["judge"], c)] = _clip(float(r["accuracy"]))
+    return out
 
 
 def aggregate(scores: dict[str, list[float]], method: str, lo: float, hi: float,

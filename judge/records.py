@@ -45,3 +45,24 @@ class PairVerdict(Record):
     consistent: bool
     n_judgments: int
     run_id: str | None = None
+
+
+class JudgeEval(Record):
+    """One judge measured against human preference labels (`python -m judge eval`)."""
+
+    table = "judge_evals"
+    id_fields = ("rubric", "rubric_version", "rubric_hash", "judge", "labels_hash")
+    json_fields = ("metrics",)
+    id: str = ""
+    rubric: str
+    rubric_version: str | None = None
+    rubric_hash: str | None = None
+    judge: str
+    labels: str | None = None
+    labels_hash: str | None = None
+    n_pairs: int
+    accuracy: float | None = None
+    accuracy_lower: float | None = None
+    accuracy_upper: float | None = None
+    metrics: dict = {}
+    run_id: str | None = None

@@ -25,6 +25,10 @@ def _add_train_parser(sub, kind: str, help: str) -> None:  # noqa: ANN001
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     if kind == "dpo":
         p.add_argument("--beta", type=float, default=0.1, help="DPO beta (default 0.1)")
+    if kind == "rm":
+        p.add_argument("--eval-fraction", type=float, default=0.1,
+                       help="share of the pairs held out; the summary's accuracy is measured on them (default 0.1)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the reward head, data order and held-out split (default 0)")
 
 
 def build_parser() -> ArgumentParser:
@@ -117,6 +121,7 @@ def _train(args, argv: list[str]) -> int:  # noqa: ANN001
         max_steps=args.max_steps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         max_length=args.max_length, beta=getattr(args, "beta", 0.1), save_steps=args.save_steps,
         resume=args.resume, argv=["train", *argv],
+        **({"eval_fraction": args.eval_fraction, "seed": args.seed} if args.cmd == "rm" else {}),
     )
     row = get_model(corpus, model_id)
     assert row is not None
@@ -132,6 +137,10 @@ def _train(args, argv: list[str]) -> int:  # noqa: ANN001
         if k in metrics:
             v = metrics[k]
             table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    if "heldout_accuracy" in metrics:  # rm: accuracy above is on held-out pairs; say so, with its interval
+        table.add_row("held-out accuracy (95%)", f"{metrics['heldout_accuracy']:.3f} ({metrics['heldout_lower']:.3f}-"
+                      f"{metrics['heldout_upper']:.3f}), {metrics['heldout_pairs']} pairs")
+        table.add_row("longer answer wins (same pairs)", f"{metrics['heldout_longer_wins']:.3f}")
     Console().print(table)
     print(f"model {model_id} saved to {row['path']}")
     return 0

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from corpus import Corpus, UserError
+from corpus import Corpus, UserError, snapshot_hash
 
 from .data import TrainingSet, training_set
 from .records import TrainStep
@@ -36,6 +36,7 @@ class TrainOptions:
     beta: float = field(default=0.1, metadata={"help": "DPO beta: how far the policy may move from the reference"})
     save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (for --resume)"})
     seed: int = 0
+    eval_fraction: float = field(default=0.1, metadata={"help": "rm: share of the release's pairs held out to measure accuracy"})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -46,6 +47,8 @@ class TrainOptions:
             raise UserError(f"--lr {self.lr}: expected a learning rate between 0 and 1, e.g. 1e-5")
         if self.max_length < 16:
             raise UserError(f"--max-length {self.max_length}: too short to hold a prompt and a reply")
+        if not 0 <= self.eval_fraction < 1:
+            raise UserError(f"--eval-fraction {self.eval_fraction}: expected a share in [0, 1), e.g. 0.1")
 
 
 DEFAULT_LR = {"sft": 2e-5, "rm": 1e-5, "dpo": 5e-6}
@@ -186,10 +189,18 @@ def _build_trainer(kind: str, model_path: str, ts: TrainingSet, opts: TrainOptio
     from datasets import Dataset
     from trl import DPOTrainer, RewardTrainer, SFTTrainer
 
+    from transformers import set_seed
+
     tok = _load_tokenizer(model_path)
+    set_seed(opts.seed)  # before the model: a reward head (and LoRA weights) start from the seed
     model = _load_model(kind, model_path, tok)
+    rows = ts.rows
+    if kind == "rm":  # keep long dialogues (TRL drops pairs over max_length) by dropping early turns
+        from .rm_heldout import fit_dialogues
+
+        rows, _ = fit_dialogues(rows, tok, opts.max_length)
     args = _trainer_args(kind, opts, out, progress)
-    ds = Dataset.from_list(ts.rows)
+    ds = Dataset.from_list(rows)
     cls = {"sft": SFTTrainer, "rm": RewardTrainer, "dpo": DPOTrainer}[kind]
     # DPO without ref_model: TRL copies the starting model as the frozen reference (M_t), or,
     # with LoRA, uses the model with its adapters switched off, which is the same thing
@@ -234,6 +245,7 @@ def train_model(
     max_length: int = 512,
     beta: float = 0.1,
     save_steps: int = 50,
+    eval_fraction: float = 0.1,
     resume: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -245,9 +257,14 @@ def train_model(
     if kind not in KINDS:
         raise UserError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
     opts = TrainOptions(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
-                        lora=lora, beta=beta, save_steps=save_steps, seed=seed)
+                        lora=lora, beta=beta, save_steps=save_steps, seed=seed, eval_fraction=eval_fraction)
     # validate everything before anything is written or trained
     ts = training_set(corpus, "sft" if kind == "sft" else "pair", release, generated_by)
+    heldout: list[dict[str, Any]] = []
+    if kind == "rm":  # the reported accuracy is on pairs the model never trained on
+        from .rm_heldout import split_heldout
+
+        ts, heldout, heldout_ids = split_heldout(ts, opts.eval_fraction, opts.seed)
     parent_id, base_path = resolve_base(corpus, base)
     out_dir = Path(out).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
@@ -261,6 +278,9 @@ def train_model(
         "kind": kind, "base": base_path, "release_id": ts.release_id, "snapshot_hash": ts.snapshot_hash,
         "rows": len(ts.rows), "generated_by": generated_by, "device": "cuda" if on_gpu() else "cpu", **asdict(opts),
     }
+    if kind == "rm":
+        config["heldout_snapshot_hash"] = snapshot_hash("heldout:pair", heldout_ids)
+        config["heldout_pair_ids"] = heldout_ids  # `judge eval --heldout-of MODEL` measures on exactly these
     with corpus.run(f"train {kind}", config, argv=argv) as run:
         trainer = _build_trainer(kind, base_path, ts, opts, out_dir,
                                  _callbacks(corpus, model_id, run.id, progress, kind) + list(callbacks or []), progress)
@@ -268,10 +288,25 @@ def train_model(
         _save(trainer, kind, out_dir, lora)
         metrics = _final_metrics(trainer, result)
         metrics["resumed_from"] = checkpoint
+        if kind == "rm":
+            metrics.update(_rm_metrics(trainer, metrics, str(out_dir), heldout))
         register_model(corpus, model_id=model_id, kind=kind, path=str(out_dir), parent_id=parent_id,
                        base=base_path, release_id=ts.release_id, config=config, metrics=metrics, run_id=run.id)
         run.summary = {"model_id": model_id, "path": str(out_dir), **metrics}
     return model_id
+
+
+def _rm_metrics(trainer: Any, metrics: dict[str, Any], out_dir: str, heldout: list[dict[str, Any]]) -> dict[str, Any]:
+    """Held-out accuracy becomes `accuracy`; TRL's figure for the last batch keeps its own name."""
+    from .rm_heldout import heldout_accuracy
+
+    m: dict[str, Any] = {"train_pairs_used": len(trainer.train_dataset)}  # after TRL's length filter
+    if "accuracy" in metrics:
+        m["last_batch_accuracy"] = metrics.pop("accuracy")
+    m.update(heldout_accuracy(out_dir, heldout))
+    if heldout:
+        m["accuracy"] = m["heldout_accuracy"]
+    return m
 
 
 def _final_metrics(trainer: Any, result: Any) -> dict[str, Any]:
