@@ -126,6 +126,12 @@ def bwrap_command(python: str) -> list[str]:
     return cmd + ["--", python, "-I", "-S", "-B", "-c", HARNESS]
 
 
+def _harness_args(in_fd: int) -> list[str]:
+    # settings and tests come on their own pipe, not stdin: bwrap's init process keeps stdin
+    # open for the sandbox's whole life, and closes every other inherited fd at once
+    return [str(in_fd)]
+
+
 _ENV = {"HOME": "/tmp", "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -230,6 +236,8 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
         workdir = tempfile.mkdtemp(prefix="judge-unsafe-")
         os.chmod(workdir, 0o777)
         cmd = [python, "-I", "-S", "-B", "-c", HARNESS]
+    ir, iw = os.pipe()
+    cmd = cmd + _harness_args(ir)
     runner_limits = {**limits, "RLIMIT_CPU": [limits["RLIMIT_CPU"][0] * 3 + 5] * 2,
                      "RLIMIT_AS": limits["RLIMIT_AS"] + (768 << 20), "RLIMIT_NPROC": limits["RLIMIT_NPROC"] + 4}
     if not root and isolation != "bwrap":
@@ -239,16 +247,17 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
     cfg = {"uid": uid, "verdict_fd": vw, "site": sites, "limits": limits, "runner_limits": runner_limits,
            "code": code, "modules": sorted(sys.stdlib_module_names | {"numpy"})}
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(vw,), env=dict(_ENV, HOME=workdir or "/tmp"), cwd=workdir,
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                pass_fds=(vw, ir), env=dict(_ENV, HOME=workdir or "/tmp"), cwd=workdir,
                                 start_new_session=True, **popen)
     except OSError as e:
-        os.close(vr)
-        os.close(vw)
+        for fd in (vr, vw, ir, iw):
+            os.close(fd)
         return Verdict(False, "error", f"could not start the sandbox: {e}", isolation=isolation)
     os.close(vw)
+    os.close(ir)
     try:
-        out, err, verdict, timed_out = _communicate(proc, _frame(cfg) + _frame(tests), vr, t0 + wall_s)
+        out, err, verdict, timed_out = _communicate(proc, iw, _frame(cfg) + _frame(tests), vr, t0 + wall_s)
     finally:
         os.close(vr)
         if workdir:
@@ -275,8 +284,8 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
     return res
 
 
-def _communicate(proc: subprocess.Popen, data: bytes, vr: int, deadline: float) -> tuple[bytes, bytes, bytes, bool]:
-    """Feed stdin, keep the tails of stdout/stderr and the verdict, until the process exits or
+def _communicate(proc: subprocess.Popen, feed: int, data: bytes, vr: int, deadline: float) -> tuple[bytes, bytes, bytes, bool]:
+    """Feed the input pipe, keep the tails of stdout/stderr and the verdict, until the process exits or
     the deadline passes (then kill its whole group)."""
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()  # type: ignore[union-attr]
     bufs = {out_fd: bytearray(), err_fd: bytearray(), vr: bytearray()}
@@ -284,9 +293,8 @@ def _communicate(proc: subprocess.Popen, data: bytes, vr: int, deadline: float) 
     for fd in bufs:
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ)
-    stdin = proc.stdin.fileno()  # type: ignore[union-attr]
-    os.set_blocking(stdin, False)
-    sel.register(stdin, selectors.EVENT_WRITE)
+    os.set_blocking(feed, False)
+    sel.register(feed, selectors.EVENT_WRITE)
     pidfd = os.pidfd_open(proc.pid)
     sel.register(pidfd, selectors.EVENT_READ)
     pending, timed_out, exited = memoryview(data), False, False
@@ -300,21 +308,24 @@ def _communicate(proc: subprocess.Popen, data: bytes, vr: int, deadline: float) 
                 fd = key.fd
                 if fd == pidfd:
                     exited = True
-                elif fd == stdin:
+                elif fd == feed:
                     try:
-                        pending = pending[os.write(stdin, pending[: 1 << 16]):]
+                        pending = pending[os.write(feed, pending[: 1 << 16]):]
                     except BlockingIOError:
                         continue
                     except BrokenPipeError:  # the runner is gone; its exit says why
                         pending = pending[:0]
                     if not pending:
-                        sel.unregister(stdin)
-                        proc.stdin.close()  # type: ignore[union-attr]
+                        sel.unregister(feed)
+                        os.close(feed)
+                        feed = -1
                 else:
                     _read(fd, bufs[fd], sel)
     finally:
         sel.close()
         os.close(pidfd)
+        if feed >= 0:
+            os.close(feed)
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # stragglers (and everything, on a timeout)
         except (ProcessLookupError, PermissionError):

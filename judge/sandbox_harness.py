@@ -1,10 +1,11 @@
 """The program that runs INSIDE the sandbox (standard library only; see judge/sandbox.py).
 
-Started as `python -I -S -c <this source>`. Two processes:
+Started as `python -I -S -c <this source> <fd>`; settings and tests arrive as frames on fd.
+Two processes:
 
-- the runner (trusted): reads its settings from stdin, drops root, makes itself non-dumpable
+- the runner (trusted): reads its settings, drops root, makes itself non-dumpable
   (so a same-uid process cannot read its memory or file descriptors), forks the candidate,
-  only then reads the tests from stdin, runs them, and writes one verdict to a pipe that only
+  only then reads the tests, runs them, and writes one verdict to a pipe that only
   it holds;
 - the candidate (hostile): closes everything but a socket to the runner and its stdout/stderr,
   sets its rlimits, runs the answer as module `solution` and then answers requests: "what is
@@ -18,6 +19,12 @@ candidate, so an object whose `__eq__` lies is just not equal to anything.
 """
 
 import builtins
+# The answer may patch `builtins`; the harness's own names are bound here, before it runs.
+from builtins import (  # noqa: A004
+    BaseException, Exception, KeyError, OSError, RecursionError, StopIteration, TypeError, ValueError, bool,
+    bytearray, bytes, callable, compile, complex, dict, exec, float, frozenset, getattr, hex, int, isinstance, issubclass,
+    iter, len, list, min, next, repr, set, str, super, tuple, type,
+)
 import json
 import os
 import resource
@@ -232,6 +239,8 @@ def candidate_main(sock, code):
             raise KeyError(f"no object {h}")
         return objects[h]
 
+    saved = dict(builtins.__dict__)  # the answer's patches to builtins are undone before we answer
+
     mod = types.ModuleType("solution")
     mod.__file__ = "solution.py"
     sys.modules["solution"] = mod
@@ -243,9 +252,11 @@ def candidate_main(sock, code):
         info = {"loaded": False, "exc": type(e).__name__, "msg": _text(e), "base": not isinstance(e, Exception)}
         if isinstance(e, SystemExit):
             info["code"] = e.code if e.code is None or isinstance(e.code, int) else 1
+        builtins.__dict__.update(saved)
         _flush()
         send(sock, info)
         os._exit(1)
+    builtins.__dict__.update(saved)
     _flush()
     send(sock, {"loaded": True})
     while True:
@@ -259,6 +270,7 @@ def candidate_main(sock, code):
             out = {"id": req.get("id"), "stop": True}
         except BaseException as e:  # noqa: B902
             out = {"id": req.get("id"), "exc": type(e).__name__, "msg": _text(e), "base": not isinstance(e, Exception)}
+        builtins.__dict__.update(saved)
         _flush()
         send(sock, out)
 
@@ -421,7 +433,8 @@ class TestGlobals(dict):
 
 
 def runner_main():
-    cfg = read_frame(0)
+    in_fd = int(sys.argv[1])
+    cfg = read_frame(in_fd)
     vfd = cfg["verdict_fd"]
     if os.getuid() == 0:
         os.setgroups([])
@@ -437,6 +450,7 @@ def runner_main():
     if pid == 0:
         try:
             os.close(vfd)
+            os.close(in_fd)
             mine.close()
             import ctypes
 
@@ -446,8 +460,8 @@ def runner_main():
         finally:
             os._exit(1)
     theirs.close()
-    tests = read_frame(0)
-    os.close(0)
+    tests = read_frame(in_fd)
+    os.close(in_fd)
     reason, detail, calls = run_tests(Channel(mine), pid, cfg, tests)
     status, cpu = _reap(pid)
     finish(vfd, reason, detail, calls=calls, cpu_s=cpu)
