@@ -140,6 +140,14 @@ def cases(h: dict) -> dict[str, dict]:
                                              "+ glob.glob('/proc/*/root/tmp/**', recursive=True):\n"
                                              "    if p.endswith('.py') or 'main' in p:\n        try: open('/tmp/x.py', 'w').write('import os; os._exit(0)'); "
                                              "os.replace('/tmp/x.py', p); print('replaced', p)\n        except OSError: pass\n" + WRONG},
+        "flood_output": {"code": WRONG + "while True:\n    print('x' * 10000)\n", "timeout_s": 1},
+        "close_channel_keep_running": {"code": "import gc, socket, time\ndef add(a, b):\n    for o in gc.get_objects():\n"
+                                               "        if isinstance(o, socket.socket):\n            o.close()\n    time.sleep(3600)\n",
+                                       "wall_s": 30},
+        "forged_answer_frames": {"code": "import gc, json, socket, struct\ndef add(a, b):\n    for o in gc.get_objects():\n"
+                                         "        if isinstance(o, socket.socket) and o.fileno() >= 0:\n            for i in range(1, 9):\n"
+                                         "                d = json.dumps({'id': i, 'v': 5}).encode()\n"
+                                         "                o.sendall(struct.pack('>I', len(d)) + d)\n    return a - b\n"},
         "victim_beside_the_replacer": {"code": "def add(a, b):\n    raise SystemExit(1)\n"},
         "right_beside_the_hostile": {"code": RIGHT},
     }
@@ -203,10 +211,18 @@ def test_controls(verdicts):
     ("hook_code_via_frames", FAIL),  # it breaks the harness's own code in its process: an error
     ("gc_get_objects", FAIL),
     ("victim_beside_the_replacer", {"hack_suspected", "error"}),
+    ("flood_output", {"timeout"}),
+    ("close_channel_keep_running", {"hack_suspected"}),
+    ("forged_answer_frames", {"hack_suspected", "failed_assertion"}),
 ])
 def test_trick_does_not_pass(verdicts, name, reasons):
     v = verdicts[0][name]
     assert not v.passed and v.reason in reasons, (v.reason, v.detail, v.stderr[-300:])
+
+
+def test_output_flood_is_capped(verdicts):
+    v = verdicts[0]["flood_output"]
+    assert len(v.stdout) <= 16_000 and len(v.stderr) <= 16_000
 
 
 def test_reading_the_tests_finds_nothing(verdicts):
