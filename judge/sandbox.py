@@ -54,10 +54,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-HARNESS = Path(__file__).with_name("sandbox_harness.py").read_text()
+def _harness_source() -> str:
+    """sandbox_wire.py, then sandbox_harness.py without its import of it: one `python -c` program."""
+    here = Path(__file__).parent
+    harness = (here / "sandbox_harness.py").read_text()
+    start = harness.index("from judge.sandbox_wire import (")
+    end = harness.index("# end inlined", start) + len("# end inlined")
+    return (here / "sandbox_wire.py").read_text() + "\n\n" + harness[:start] + harness[end:]
+
+
+HARNESS = _harness_source()
 REASONS = ("passed", "failed_assertion", "error", "timeout", "killed", "refused", "hack_suspected")
 _TAIL = 4000
 UID_BASE, UID_SPAN = 1_500_000_000, 1 << 24  # per-run uids when we start as root
+_RNG = random.SystemRandom()  # not the global generator, which a caller may seed
 INSTALL_HINT = "install bubblewrap (`apt-get install bubblewrap`, or scripts/setup.sh --dev)"
 
 
@@ -222,7 +232,7 @@ def _frame(obj: Any) -> bytes:
 def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) -> Verdict:
     t0 = time.perf_counter()
     root = os.geteuid() == 0
-    uid = UID_BASE + random.randrange(UID_SPAN) if root else os.getuid()
+    uid = UID_BASE + _RNG.randrange(UID_SPAN) if root else os.getuid()
     python, sites = _python()
     popen: dict[str, Any] = {}
     workdir = None
