@@ -240,6 +240,9 @@ class Remote:
             except StopIteration:
                 return
 
+    def __next__(self):
+        return self._chan.value("next", h=self._h)
+
     def __getitem__(self, key):
         return self._chan.value("getitem", h=self._h, key=self._chan.arg(key))
 

@@ -6,8 +6,9 @@ one `python -c` program the sandbox runs (see judge/sandbox.py).
 import builtins
 # The answer may patch `builtins`; the harness's own names are bound here, before it runs.
 from builtins import (  # noqa: A004
-    BaseException, Exception, RecursionError, TypeError, ValueError, bool, bytearray, bytes, complex, dict, float,
-    frozenset, getattr, hex, int, isinstance, issubclass, len, list, min, set, str, tuple, type,
+    ArithmeticError, BaseException, Exception, RecursionError, TypeError, ValueError, all, bool, bytearray, bytes,
+    complex, dict, float, frozenset, getattr, hex, int, isinstance, issubclass, len, list, min, range, repr, set, str,
+    tuple, type,
 )
 import json
 import os
@@ -117,7 +118,21 @@ def encode(x, handle, depth=0):
         return {"b" if t is bytes else "ba": x.hex()}
     if t is complex:
         return {"c": [encode(x.real, handle, d), encode(x.imag, handle, d)]}
+    if t is range:
+        return {"r": [x.start, x.stop, x.step]}
+    kind = _STDLIB.get((getattr(t, "__module__", None), getattr(t, "__name__", None)))
+    if kind in ("dec", "fr"):
+        return {kind: str(x)}
+    if kind == "dq":
+        return {kind: [encode(v, handle, d) for v in x]}
+    if kind in ("ctr", "od"):
+        return {kind: [[encode(k, handle, d), encode(v, handle, d)] for k, v in x.items()]}
     return handle(x, depth)
+
+
+# standard-library value types that cross as themselves (rebuilt by the runner's own constructors)
+_STDLIB = {("collections", "deque"): "dq", ("collections", "Counter"): "ctr", ("collections", "OrderedDict"): "od",
+           ("decimal", "Decimal"): "dec", ("fractions", "Fraction"): "fr"}
 
 
 def decode(v, handle, depth=0):
@@ -144,6 +159,11 @@ def decode(v, handle, depth=0):
             return bytearray.fromhex(val)
         if tag == "h" and type(val) is int:
             return handle(val)
+        if tag in ("dec", "fr") and type(val) is str and len(val) < 10_000:
+            import decimal
+            import fractions
+
+            return decimal.Decimal(val) if tag == "dec" else fractions.Fraction(val)
         if type(val) is not list:
             raise ProtocolError("malformed value")
         if tag == "t":
@@ -154,10 +174,19 @@ def decode(v, handle, depth=0):
             return frozenset(decode(i, handle, d) for i in val)
         if tag == "d":
             return {decode(k, handle, d): decode(x, handle, d) for k, x in val}
+        if tag == "r" and len(val) == 3 and all(type(i) is int for i in val):
+            return range(*val)
+        if tag in ("dq", "ctr", "od"):
+            import collections
+
+            if tag == "dq":
+                return collections.deque(decode(i, handle, d) for i in val)
+            pairs = [(decode(k, handle, d), decode(x, handle, d)) for k, x in val]
+            return collections.Counter(dict(pairs)) if tag == "ctr" else collections.OrderedDict(pairs)
         if tag == "c" and len(val) == 2:
             re_, im = (decode(i, handle, d) for i in val)
             if type(re_) is float and type(im) is float:
                 return complex(re_, im)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, ArithmeticError):  # decimal.InvalidOperation is an ArithmeticError
         raise ProtocolError("malformed value") from None
     raise ProtocolError(f"unknown value tag {str(tag)[:20]!r}")

@@ -235,3 +235,55 @@ def test_prompt_helpers_serve_the_tests_not_the_answers_copies():
     v = check_answer(hack, tests, "decode", prefix=stub)
     assert v.reason == "failed_assertion"
     assert check_answer(stub + "    return s[::-1]\n", tests, "decode", prefix=stub).passed
+
+
+VALUES = '''
+import collections, decimal, fractions, math
+
+class Pair:
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+def chain(pairs):
+    return sum(p.b - p.a for p in pairs)
+
+def values(kind):
+    return {"tuple": (1, "a"), "set": {1, 2}, "dict": {(1, 2): [3.5, None]}, "big": 3 ** 5000, "nan": math.nan,
+            "bytes": b"\\x00\\xff", "complex": 1 + 2j, "range": range(3), "deque": collections.deque([1]),
+            "counter": collections.Counter("aab"), "decimal": decimal.Decimal("1.10"), "fraction": fractions.Fraction(3, 4),
+            "bool": True, "none": None, "negzero": -0.0}[kind]
+
+def count(n, step=1):
+    yield from range(0, n, step)
+
+def strict(x):
+    if x < 0:
+        raise ValueError("negative")
+    return x
+'''
+
+VALUE_TESTS = '''
+import collections, decimal, fractions, math
+assert values("tuple") == (1, "a") and type(values("tuple")) is tuple
+assert values("set") == {1, 2} and values("dict") == {(1, 2): [3.5, None]}
+assert values("big") == 3 ** 5000 and math.isnan(values("nan")) and values("bytes") == b"\\x00\\xff"
+assert values("complex") == 1 + 2j and values("range") == range(3) and values("deque") == collections.deque([1])
+assert values("counter").most_common(1) == [("a", 2)] and values("decimal") == decimal.Decimal("1.10")
+assert values("fraction") == fractions.Fraction(3, 4) and values("bool") is True and values("none") is None
+assert math.copysign(1, values("negzero")) == -1
+assert chain([Pair(1, 5), Pair(2, 3)]) == 5
+assert list(count(5, step=2)) == [0, 2, 4] and next(count(3)) == 0 and 4 in count(5)
+try:
+    strict(-1)
+    raise RuntimeError("no exception")
+except ValueError as e:
+    assert "negative" in str(e)
+'''
+
+
+def test_values_cross_faithfully():
+    """What a correct answer returns reaches the tests as the same value and type: containers,
+    big ints, NaN, bytes, ranges, stdlib value types; objects of its own classes go back to it as
+    arguments; generators iterate; its exceptions are caught as their built-in type."""
+    v = check_answer(VALUES, VALUE_TESTS)
+    assert v.passed, (v.reason, v.detail, v.stderr[-500:])
