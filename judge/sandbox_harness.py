@@ -7,11 +7,11 @@ Two processes:
   (so a same-uid process cannot read its memory or file descriptors), forks the candidate,
   only then reads the tests, runs them, and writes one verdict to a pipe that only
   it holds;
-- the candidate (hostile): closes everything but a socket to the runner and its stdout/stderr,
+- the candidate (hostile): closes everything but its two pipes to the runner and stdout/stderr,
   sets its rlimits, runs the answer as module `solution` and then answers requests: "what is
   global X", "call handle H with these arguments", "next item of iterator H".
 
-Values cross the socket as tagged JSON and are rebuilt by the runner as exact built-in types,
+Values cross the pipes as tagged JSON and are rebuilt by the runner as exact built-in types,
 so every comparison in the tests runs in the runner with real built-ins on real data. A value
 that is not plain data (an instance of the answer's own class, a generator) stays in the
 candidate as a handle; the runner compares handles by identity only, never by asking the
@@ -29,7 +29,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import sys
 
 from judge.sandbox_wire import (  # inlined: sandbox.py puts sandbox_wire.py's text here instead
@@ -62,15 +61,15 @@ def _plain(x):
     return None
 
 
-def candidate_main(sock, code):
-    keep = sock.fileno()
+def candidate_main(link, code):
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 16)
+    lo = 3
+    for fd in sorted(link):
+        os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, 1 << 16)
     os.setpgid(0, 0)
-    import traceback
-    import types
 
     objects = {}
 
@@ -95,27 +94,29 @@ def candidate_main(sock, code):
 
     saved = dict(builtins.__dict__)  # the answer's patches to builtins are undone before we answer
 
-    mod = types.ModuleType("solution")
+    mod = type(sys)("solution")
     mod.__file__ = "solution.py"
     sys.modules["solution"] = mod
     sys.argv = ["solution.py"]
     try:
         exec(compile(code, "solution.py", "exec"), mod.__dict__)
     except BaseException as e:  # noqa: B902 - reported to the runner, which decides
+        import traceback
+
         traceback.print_exc()
         info = {"loaded": False, "exc": type(e).__name__, "msg": _text(e), "base": not isinstance(e, Exception)}
         if isinstance(e, SystemExit):
             info["code"] = e.code if e.code is None or isinstance(e.code, int) else 1
         builtins.__dict__.update(saved)
         _flush()
-        send(sock, info)
+        send(link, info)
         os._exit(1)
     builtins.__dict__.update(saved)
     _flush()
-    send(sock, {"loaded": True})
+    send(link, {"loaded": True})
     while True:
         try:
-            req = recv(sock)
+            req = recv(link)
         except (CandidateGone, ProtocolError, OSError):
             os._exit(0)
         try:
@@ -126,7 +127,7 @@ def candidate_main(sock, code):
             out = {"id": req.get("id"), "exc": type(e).__name__, "msg": _text(e), "base": not isinstance(e, Exception)}
         builtins.__dict__.update(saved)
         _flush()
-        send(sock, out)
+        send(link, out)
 
 
 def _answer(req, mod, value, local):
@@ -178,15 +179,18 @@ def _flush():
 # -- the runner ----------------------------------------------------------------------------------
 
 class Channel:
-    def __init__(self, sock):
-        self.sock, self.seq, self.calls, self.suspect = sock, 0, 0, None
+    def __init__(self, link):
+        self.link, self.seq, self.calls, self.suspect = link, 0, 0, None
 
     def request(self, op, **kw):
         self.seq += 1
         if op == "call":
             self.calls += 1
-        send(self.sock, {"id": self.seq, "op": op, **kw})
-        resp = recv(self.sock)
+        try:
+            send(self.link, {"id": self.seq, "op": op, **kw})
+        except BrokenPipeError:
+            raise CandidateGone from None
+        resp = recv(self.link)
         if type(resp) is not dict or resp.get("id") != self.seq:
             raise ProtocolError("an answer out of order (a forged or extra message)")
         if "exc" in resp:
@@ -302,24 +306,27 @@ def runner_main():
     _not_dumpable()
     sys.path.extend(cfg["site"])
     set_limits(cfg["runner_limits"])
-    mine, theirs = socket.socketpair()
+    from_runner, to_cand = os.pipe()  # (read end, write end)
+    from_cand, to_runner = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(vfd)
             os.close(in_fd)
-            mine.close()
+            os.close(to_cand)
+            os.close(from_cand)
             import ctypes
 
             ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the runner
             set_limits(cfg["limits"])
-            candidate_main(theirs, cfg["code"])
+            candidate_main((from_runner, to_runner), cfg["code"])
         finally:
             os._exit(1)
-    theirs.close()
+    os.close(from_runner)
+    os.close(to_runner)
     tests = read_frame(in_fd)
     os.close(in_fd)
-    reason, detail, calls = run_tests(Channel(mine), pid, cfg, tests)
+    reason, detail, calls = run_tests(Channel((from_cand, to_cand)), pid, cfg, tests)
     status, cpu = _reap(pid)
     finish(vfd, reason, detail, calls=calls, cpu_s=cpu)
 
@@ -353,7 +360,7 @@ def _reap(pid):
 
 def _exited(pid, grace_s=5.0):
     """The candidate's wait status once it is gone (None if it is still alive after grace_s:
-    it closed its socket without exiting)."""
+    it closed its pipes without exiting)."""
     import select
     import time
 
@@ -378,7 +385,7 @@ def _exited(pid, grace_s=5.0):
 def gone(pid, cpu_limit):
     status, cpu = _exited(pid)
     if status is None:
-        return "hack_suspected", "the answer closed its channel to the tests and kept running"
+        return "hack_suspected", "the answer closed its pipes to the tests and kept running"
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
@@ -397,7 +404,7 @@ def run_tests(chan, pid, cfg, tests):
     """(reason, detail, calls): run the tests against the answer through `chan`."""
     cpu_limit = cfg["limits"]["RLIMIT_CPU"][0]
     try:
-        hello = recv(chan.sock)
+        hello = recv(chan.link)
     except CandidateGone:
         return (*gone(pid, cpu_limit), 0)
     except ProtocolError as e:

@@ -68,16 +68,19 @@ def read_frame(fd):
     return json.loads(read_exact(fd, n))
 
 
-def send(sock, obj):
+def send(link, obj):
+    """One frame to the other process; `link` is its (read fd, write fd) pair of pipes."""
     data = json.dumps(obj, separators=(",", ":")).encode()
-    sock.sendall(struct.pack(">I", len(data)) + data)
+    view = memoryview(struct.pack(">I", len(data)) + data)
+    while view:
+        view = view[os.write(link[1], view):]
 
 
-def recv(sock):
+def recv(link):
     def exact(n):
         buf = bytearray()
         while len(buf) < n:
-            b = sock.recv(min(n - len(buf), 1 << 20))
+            b = os.read(link[0], min(n - len(buf), 1 << 20))
             if not b:
                 raise CandidateGone
             buf += b

@@ -84,7 +84,8 @@ def cases(h: dict) -> dict[str, dict]:
         "read_tests_and_hardcode": {"code": "import os, glob\nfound = []\n"
                                             "for p in glob.glob('/tmp/**', recursive=True) + glob.glob('/proc/*/cmdline') + glob.glob('/proc/*/environ')"
                                             " + glob.glob('/proc/*/fd/*') + ['/proc/%d/mem' % os.getppid()]:\n"
-                                            "    try:\n        with open(p, 'rb') as f: data = f.read(1 << 20)\n    except Exception: continue\n"
+                                            "    try:\n        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)\n        data = os.read(fd, 1 << 20)\n"
+                                            "    except Exception: continue\n"
                                             "    if b'candidate(10, 5)' in data: found.append(p)\n"
                                             "print('FOUND' if found else 'nothing', found)\n"
                                             "def add(a, b):\n    return 15 if found else a - b\n"},
@@ -141,13 +142,12 @@ def cases(h: dict) -> dict[str, dict]:
                                              "    if p.endswith('.py') or 'main' in p:\n        try: open('/tmp/x.py', 'w').write('import os; os._exit(0)'); "
                                              "os.replace('/tmp/x.py', p); print('replaced', p)\n        except OSError: pass\n" + WRONG},
         "flood_output": {"code": WRONG + "while True:\n    print('x' * 10000)\n", "timeout_s": 1},
-        "close_channel_keep_running": {"code": "import gc, socket, time\ndef add(a, b):\n    for o in gc.get_objects():\n"
-                                               "        if isinstance(o, socket.socket):\n            o.close()\n    time.sleep(3600)\n",
+        "close_channel_keep_running": {"code": "import os, time\ndef add(a, b):\n    os.closerange(3, 1024)\n    time.sleep(3600)\n",
                                        "wall_s": 30},
-        "forged_answer_frames": {"code": "import gc, json, socket, struct\ndef add(a, b):\n    for o in gc.get_objects():\n"
-                                         "        if isinstance(o, socket.socket) and o.fileno() >= 0:\n            for i in range(1, 9):\n"
-                                         "                d = json.dumps({'id': i, 'v': 5}).encode()\n"
-                                         "                o.sendall(struct.pack('>I', len(d)) + d)\n    return a - b\n"},
+        "forged_answer_frames": {"code": "import json, os, struct\ndef add(a, b):\n    for fd in range(3, 64):\n"
+                                         "        for i in range(1, 9):\n            d = json.dumps({'id': i, 'v': 5}).encode()\n"
+                                         "            try: os.write(fd, struct.pack('>I', len(d)) + d)\n            except OSError: pass\n"
+                                         "    return a - b\n"},
         "victim_beside_the_replacer": {"code": "def add(a, b):\n    raise SystemExit(1)\n"},
         "right_beside_the_hostile": {"code": RIGHT},
     }
