@@ -17,7 +17,7 @@ makes it say "passed". Two things stand between it and a false pass.
    limit (generous: the time limit counts CPU time, so a busy machine does not fail a verdict).
 2. The verdict. The answer runs in its own process; the tests run in a separate trusted
    process (the runner, non-dumpable, holding the only end of the verdict pipe) that talks to
-   it over a socket. The runner asks "call `add` with (2, 3)" and gets back data, rebuilt as
+   it over two pipes. The runner asks "call `add` with (2, 3)" and gets back data, rebuilt as
    exact built-in types; every `assert` runs in the runner with real built-ins. So exiting
    early (os._exit, sys.exit, atexit), raising SystemExit inside a call, objects whose `__eq__`
    lies, lying str/int subclasses, patched builtins, printed markers, written files and forks
@@ -26,9 +26,11 @@ makes it say "passed". Two things stand between it and a false pass.
    cannot read them. Output is read from pipes, never from a path the code can replace.
 
 What it does not protect against: kernel exploits (no seccomp filter is loaded; the sandbox
-shares the host kernel); a test that calls a helper the answer defines (and the prompt does
-not) trusts that helper; values that are not plain data (instances of the answer's classes)
-are compared by identity only, and arguments the tests mutate in place are not seen mutated.
+shares the host kernel, and under root the answer may still create user namespaces); CPU and
+memory bandwidth shared with its neighbours; a test that calls a helper the answer defines (and
+the prompt does not) trusts that helper. Limits of the design: values that are not plain data
+(instances of the answer's classes) are compared by identity only, arguments the tests mutate
+in place are not seen mutated, and tests cannot pass functions to the answer.
 Without bwrap the verifier refuses to run unless the user says `--unsafe-exec` (or `unsafe:
 true`): then the same two processes run with rlimits and a fresh uid when root, but with the
 host's filesystem, network and processes in view.
