@@ -146,6 +146,7 @@ class Judgment(Record):
     order: str | None = None
     meta: dict[str, Any] = {}
     run_id: str | None = None
+    sandbox: str | None = None  # code_exec: 'bwrap' | 'unsafe' (m060)
 
 
 class Flag(Record):

@@ -29,6 +29,8 @@ def _judge_parser() -> ArgumentParser:
     p.add_argument("--where", default=None, help="SQL condition on generations g / prompts p, e.g. \"g.model = 'x'\"")
     p.add_argument("--no-prefix-reuse", action="store_true", help="hf judges: do not reuse the rubric prefix's KV cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--unsafe-exec", action="store_true", help="code_exec: where the bwrap sandbox cannot start, run "
+                   "answers without isolation (recorded on the run and on each judgment)")
     add_backend_args(p, prefix="judge-", default=None)  # type: ignore[arg-type]
     return p
 
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BackendError as e:
             raise UserError(str(e)) from None
     summary = run_judge(corpus, args.rubric, where=args.where, backend=backend, progress=not args.quiet,
-                        prefix_reuse=not args.no_prefix_reuse)
+                        prefix_reuse=not args.no_prefix_reuse, unsafe_exec=args.unsafe_exec)
     if not args.quiet:
         print_summary(summary)
     # 0: every planned judgment stored (parse failures are stored results); 3: backend errors remain

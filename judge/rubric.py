@@ -50,8 +50,10 @@ class VerifierSpec(Strict):
     # code_exec: where the tests are: "meta:<key>" (the prompt's meta) or inline Python
     tests: str | None = None
     entry_point: str | None = Field(None, description="code_exec: function name; default meta:entry_point")
-    timeout_s: float = Field(10.0, gt=0, le=600)
+    timeout_s: float = Field(10.0, gt=0, le=600, description="code_exec: CPU seconds per answer")
     memory_mb: int = Field(1024, ge=64)
+    wall_s: float | None = Field(None, gt=0, le=3600, description="code_exec: wall-clock stop; default 3 x timeout_s + 30")
+    unsafe: bool = Field(False, description="code_exec: run answers without the bwrap sandbox where it cannot start")
     # regex
     pattern: str | None = None
     must_match: bool = True
@@ -72,12 +74,19 @@ class VerifierSpec(Strict):
         if self.type == "regex" and not self.pattern:
             raise ValueError("a regex verifier needs `pattern:`")
         if self.type == "regex":
-            import re
+            import regex
 
             try:
-                re.compile(self.pattern or "")
-            except re.error as e:
+                regex.compile(self.pattern or "")
+            except regex.error as e:
                 raise ValueError(f"pattern does not compile: {e}") from None
+        if self.type == "json_schema" and self.json_schema is not None:
+            import jsonschema
+
+            try:
+                jsonschema.Draft202012Validator.check_schema(self.json_schema)
+            except jsonschema.SchemaError as e:
+                raise ValueError(f"schema is not a valid JSON Schema: {e.message[:160]}") from None
         if self.type == "length" and self.min_words is None and self.max_words is None:
             raise ValueError("a length verifier needs `min_words:` and/or `max_words:`")
         return self
@@ -159,7 +168,9 @@ class Rubric(Strict):
         key = "criterion:" + c.name
         if key not in self._hashes:
             self._hashes[key] = content_id("criterion", {
-                "task": self.task, "mode": self.mode, "criterion": c.model_dump(mode="json", by_alias=True, exclude={"weight"}),
+                # how code runs (wall limit, unsafe) does not change what a pass means: not hashed
+                "task": self.task, "mode": self.mode, "criterion": c.model_dump(
+                    mode="json", by_alias=True, exclude={"weight": True, "verifier": {"wall_s": True, "unsafe": True}}),
             })[:16]
         return self._hashes[key]
 

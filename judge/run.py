@@ -26,7 +26,7 @@ from .calls import LLMTask, ask, to_records
 from .injection import find_injection
 from .render import pointwise_request
 from .rubric import JudgeSpec, Rubric, load_rubric
-from .verifiers import resolve_reward_model, run_verifier
+from .verifiers import preflight, resolve_reward_model, run_verifier
 
 CHUNK = 256  # judge calls per batch between writes: a killed job loses at most one chunk
 
@@ -130,7 +130,7 @@ def pointwise_fields(rubric: Rubric, judges: Judges, cands: list[dict[str, Any]]
 
 
 def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backend: Backend | None = None,
-              progress: bool = True, prefix_reuse: bool = True) -> dict[str, Any]:
+              progress: bool = True, prefix_reuse: bool = True, unsafe_exec: bool = False) -> dict[str, Any]:
     """Judge the candidates (generations joined with prompts, filtered by `where`) under a rubric.
 
     backend=None uses the rubric's judges. Returns a summary dict: judged, cached, parse
@@ -145,12 +145,16 @@ def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backen
         for c in rubric.verifier_criteria():
             if c.verifier and c.verifier.type == "reward_model":
                 resolve_reward_model(corpus, c.verifier.model)  # fail before writing anything
+    # code_exec: refuse before writing anything when the sandbox cannot start (unless allowed)
+    isolation = preflight([c.verifier for c in rubric.verifier_criteria() if c.verifier], unsafe_exec)
     config = {"rubric": rubric.name, "rubric_version": rubric.version, "rubric_hash": rubric.rubric_hash,
               "rubric_path": str(rubric_path), "where": where, "prefix_reuse": prefix_reuse}
+    if isolation:
+        config.update(unsafe_exec=unsafe_exec, code_exec_isolation=isolation)
     with corpus.run("judge", config) as run:
         judges = Judges(rubric, corpus, run.id, backend, prefix_reuse)
         try:
-            summary = _judge(corpus, rubric, cands, judges, run.id, progress)
+            summary = _judge(corpus, rubric, cands, judges, run.id, progress, unsafe_exec)
         except BackendError as e:
             raise UserError(str(e)) from None
         finally:
@@ -172,7 +176,8 @@ def _progress(enabled: bool, total: int, label: str) -> Iterator[Any]:
         yield lambda n: bar.advance(task, n)
 
 
-def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, run_id: str, progress: bool) -> dict[str, Any]:
+def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, run_id: str, progress: bool,
+           unsafe_exec: bool = False) -> dict[str, Any]:
     counts = {"candidates": len(cands), "judged": 0, "cached": 0, "calls_cached": 0, "ok": 0, "retried": 0,
               "failed": 0, "transient": 0}
     flags: dict[str, int] = {}
@@ -207,7 +212,7 @@ def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, ru
                 note(recs)
                 writer.add(recs)
         if ver:
-            recs = _run_verifiers(corpus, rubric, ver, run_id)
+            recs = _run_verifiers(corpus, rubric, ver, run_id, unsafe_exec)
             for r in recs:
                 if isinstance(r, Judgment):
                     counts["failed" if r.parse_status == "failed" else "ok"] += 1
@@ -259,20 +264,20 @@ def _verifier_fields(rubric: Rubric, cands: list[dict]) -> Iterator[dict]:
                    "criterion": c.name, "criterion_hash": chash, "sample_idx": 0, "_g": g, "_c": c}
 
 
-def _run_verifiers(corpus: Corpus, rubric: Rubric, fields: list[dict], run_id: str) -> list[Record]:
+def _run_verifiers(corpus: Corpus, rubric: Rubric, fields: list[dict], run_id: str, unsafe_exec: bool = False) -> list[Record]:
     recs: list[Record] = []
     by_criterion: dict[str, list[dict]] = {}
     for f in fields:
         by_criterion.setdefault(f["criterion"], []).append(f)
     for name, fs in by_criterion.items():
         spec = fs[0]["_c"].verifier
-        results = run_verifier(spec, [(f["_g"], f["_g"]["response"]) for f in fs], corpus)
+        results = run_verifier(spec, [(f["_g"], f["_g"]["response"]) for f in fs], corpus, unsafe_exec)
         for f, r in zip(fs, results):
             meta = {"detail": r.detail, "score_norm": r.score}
             if r.error:
                 meta["error"] = r.error
             recs.append(Judgment(**_record_fields(f), score=r.score, parse_status="failed" if r.score is None else "ok",
-                                 meta=meta, run_id=run_id))
+                                 meta=meta, run_id=run_id, sandbox=r.detail.get("isolation")))
             if r.score is None:
                 recs.append(Flag(target_id=f["target_id"], kind="verifier_failed", stage="judge", run_id=run_id,
                                  reason=f"{name}: {r.error}"[:300], details={"criterion": name}))

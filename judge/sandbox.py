@@ -1,245 +1,383 @@
-"""Run untrusted Python (a candidate's code plus its tests) and report what happened.
+"""Run a candidate answer's code against its tests, isolated, with a verdict the code cannot forge.
 
-What it does, in layers:
-- a fresh temp dir per run is the working directory and HOME; it is deleted afterwards;
-- the environment is emptied (no API keys, no PYTHONPATH);
-- resource limits: RLIMIT_CPU (CPU seconds), RLIMIT_AS (address space, so a 10 GB allocation
-  fails with MemoryError), RLIMIT_NPROC (processes and threads), RLIMIT_FSIZE (largest file,
-  which also caps stdout/stderr since they go to files), no core dumps;
-- a wall-clock timeout, after which the whole process group is killed with SIGKILL;
-- when running as root with util-linux `unshare`: a new network namespace (no interfaces but a
-  down loopback: no network at all) and a new PID namespace (the program cannot see or signal
-  any process outside it, and when its first process dies the kernel kills every process left
-  in it, so a fork bomb dies with it); the program then drops to uid/gid 65534 (nobody), so
-  RLIMIT_NPROC applies and files readable only by their owner stay closed;
-- always, a Python audit hook installed before the program runs: it refuses to create sockets,
-  to open files for writing outside the temp dir, to open files for reading outside the temp
-  dir and the Python installation, to signal other processes, to start programs, and ctypes.
+Threat model. The answer is hostile: a policy trained against this verifier learns whatever
+makes it say "passed". Two things stand between it and a false pass.
 
-What it does NOT protect against: native code (a C extension already installed, or a bug in
-the interpreter) can bypass the audit hook; without root the network and PID namespaces and the
-uid drop are missing, so isolation rests on the hook and the rlimits; files under the Python
-installation (and /usr when Python lives there) are readable; CPU time and memory bandwidth of
-the machine are shared (a program can slow its neighbours down to its limits); kernel
-exploits. For hostile code at scale, run this inside a VM or gVisor container as well.
+1. The operating system (Debian's bubblewrap, `bwrap`). Each run gets its own mount, PID,
+   network, IPC and UTS namespaces: read-only binds of /usr and the Python installation, a
+   fresh tmpfs /tmp (the working dir, size-capped) and /dev/shm, its own /proc that shows only
+   its own processes, no network at all (not even loopback to the host), a new session, and
+   SIGKILL for everything in it when the judge dies or the run ends (the PID namespace dies
+   with its first process, so a detached grandchild dies too). Nothing of one run is visible to
+   another. The environment is empty. The code never runs as root: as root, bwrap starts
+   privileged with only CAP_SETUID/SETGID and the harness drops to a fresh unprivileged uid for
+   this run (so RLIMIT_NPROC counts this run's processes only); otherwise bwrap runs in a user
+   namespace as uid 65534 with nested user namespaces disabled. rlimits inside: CPU seconds,
+   address space, processes, file size, open files, no core dumps; the judge adds a wall-clock
+   limit (generous: the time limit counts CPU time, so a busy machine does not fail a verdict).
+2. The verdict. The answer runs in its own process; the tests run in a separate trusted
+   process (the runner, non-dumpable, holding the only end of the verdict pipe) that talks to
+   it over two pipes. The runner asks "call `add` with (2, 3)" and gets back data, rebuilt as
+   exact built-in types; every `assert` runs in the runner with real built-ins. So exiting
+   early (os._exit, sys.exit, atexit), raising SystemExit inside a call, objects whose `__eq__`
+   lies, lying str/int subclasses, patched builtins, printed markers, written files and forks
+   that report cannot produce a pass: a pass means the runner executed the tests to their end
+   and every assertion held. The tests never exist in the answer's process or on disk, so it
+   cannot read them. Output is read from pipes, never from a path the code can replace.
+
+What it does not protect against: kernel exploits (no seccomp filter is loaded; the sandbox
+shares the host kernel, and under root the answer may still create user namespaces); CPU and
+memory bandwidth shared with its neighbours; a test that calls a helper the answer defines (and
+the prompt does not) trusts that helper. Limits of the design: values that are not plain data
+(instances of the answer's classes) are compared by identity only, arguments the tests mutate
+in place are not seen mutated, and tests cannot pass functions to the answer.
+Without bwrap the verifier refuses to run unless the user says `--unsafe-exec` (or `unsafe:
+true`): then the same two processes run with rlimits and a fresh uid when root, but with the
+host's filesystem, network and processes in view.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import random
+import selectors
 import shutil
 import signal
+import site
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-NOBODY = 65534
-_TAIL = 2000
+def _harness_source() -> str:
+    """sandbox_wire.py, then sandbox_harness.py without its import of it: one `python -c` program."""
+    here = Path(__file__).parent
+    harness = (here / "sandbox_harness.py").read_text()
+    start = harness.index("from judge.sandbox_wire import (")
+    end = harness.index("# end inlined", start) + len("# end inlined")
+    return (here / "sandbox_wire.py").read_text() + "\n\n" + harness[:start] + harness[end:]
 
-_BOOT = r'''
-import json, os, resource, sys
-cfg = json.loads(sys.argv[1])
-work = os.path.realpath(cfg["dir"])
-for name, value in cfg["limits"].items():
-    resource.setrlimit(getattr(resource, name), (value, value))
-if cfg["drop"] and os.getuid() == 0:
-    os.setgroups([]); os.setgid(cfg["uid"]); os.setuid(cfg["uid"])
-readable = tuple({os.path.realpath(p) for p in (work, sys.prefix, sys.base_prefix, sys.exec_prefix,
-                  os.path.dirname(os.__file__))})
-devices = ("/dev/null", "/dev/urandom", "/dev/random", "/dev/zero")
-blocked = {"socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo", "os.system", "os.exec",
-           "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "subprocess.Popen", "pty.spawn",
-           "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function", "os.putenv", "os.chroot"}
-def inside(path, roots):
-    return any(path == r or path.startswith(r + os.sep) for r in roots)
-def hook(event, args):
-    if event == "open":
-        path, mode, flags = args
-        if path is None or isinstance(path, int):
-            return
-        path = os.path.realpath(os.path.join(work, os.fsdecode(path)))
-        writing = (mode and any(c in str(mode) for c in "wax+")) or (flags or 0) & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
-        if writing and not inside(path, (work,)) and path != "/dev/null":
-            raise PermissionError(f"sandbox: writing outside the sandbox is not allowed: {path}")
-        if not writing and not inside(path, readable) and path not in devices:
-            raise PermissionError(f"sandbox: reading outside the sandbox is not allowed: {path}")
-    elif event in ("os.kill", "os.killpg"):
-        if args[0] not in (0, os.getpid()):
-            raise PermissionError("sandbox: signalling other processes is not allowed")
-    elif event in blocked:
-        raise PermissionError(f"sandbox: {event} is not allowed")
-sys.path.insert(0, work)
-sys.addaudithook(hook)
-import runpy
-runpy.run_path(os.path.join(work, "main.py"), run_name="__main__")
-'''
+
+HARNESS = _harness_source()
+REASONS = ("passed", "failed_assertion", "error", "timeout", "killed", "refused", "hack_suspected")
+_TAIL = 4000
+UID_BASE, UID_SPAN = 1_500_000_000, 1 << 24  # per-run uids when we start as root
+_RNG = random.SystemRandom()  # not the global generator, which a caller may seed
+INSTALL_HINT = "install bubblewrap (`apt-get install bubblewrap`, or scripts/setup.sh --dev)"
 
 
 @dataclass
-class ExecResult:
-    """What happened to one program. `passed` is True only for a clean exit 0."""
+class Verdict:
+    """What happened to one answer. `passed` only when the tests ran to their end and held."""
 
     passed: bool
-    status: Literal["passed", "failed", "timeout", "memory", "blocked", "error"]
-    returncode: int | None
-    stdout: str
-    stderr: str
-    duration_s: float
-    isolation: str
+    reason: Literal["passed", "failed_assertion", "error", "timeout", "killed", "refused", "hack_suspected"]
+    detail: str
+    stdout: str = ""
+    stderr: str = ""
+    duration_s: float = 0.0
+    cpu_s: float | None = None
+    calls: int = 0
+    isolation: str = "none"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _namespaces_available() -> bool:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    try:
-        r = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "true"], capture_output=True, timeout=10)
-        return r.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+class SandboxUnavailable(RuntimeError):
+    """bwrap cannot start here and unsafe execution was not allowed."""
+
+
+# -- how to start the sandbox ----------------------------------------------------------------
+
+def _python() -> tuple[str, list[str]]:
+    return sys.executable, [p for p in site.getsitepackages() if os.path.isdir(p)]
+
+
+def _bind_roots() -> list[str]:
+    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    roots.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+    keep = sorted(r for r in roots if not (r == "/usr" or r.startswith("/usr/")))
+    return [r for r in keep if not any(r != o and r.startswith(o + "/") for o in keep)]
+
+
+def bwrap_command(python: str) -> list[str]:
+    root = os.geteuid() == 0
+    cmd = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+           "--die-with-parent", "--new-session"]
+    if root:  # privileged bwrap; the harness drops to a fresh uid before anything else
+        cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        cmd += ["--unshare-user", "--uid", "65534", "--gid", "65534", "--disable-userns"]
+    for top in ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
+        if os.path.islink(top):
+            cmd += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            cmd += ["--ro-bind", top, top]
+    made: set[str] = set()
+    for r in _bind_roots():
+        parts = Path(r).parts[1:-1]
+        for i in range(len(parts)):
+            d = "/" + "/".join(parts[: i + 1])
+            if d not in made:
+                made.add(d)
+                cmd += ["--perms", "0755", "--dir", d]
+        cmd += ["--ro-bind", r, r]
+    cmd += ["--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", str(64 << 20), "--tmpfs", "/tmp",
+            "--perms", "1777", "--size", str(16 << 20), "--tmpfs", "/dev/shm", "--chdir", "/tmp", "--clearenv"]
+    for k, v in _ENV.items():
+        cmd += ["--setenv", k, v]
+    return cmd + ["--", python, "-I", "-S", "-B", "-c", HARNESS]
+
+
+def _harness_args(in_fd: int) -> list[str]:
+    # settings and tests come on their own pipe, not stdin: bwrap's init process keeps stdin
+    # open for the sandbox's whole life, and closes every other inherited fd at once
+    return [str(in_fd)]
+
+
+_ENV = {"HOME": "/tmp", "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _world_usable(path: str) -> bool:
-    """Can uid nobody execute this interpreter (every parent folder searchable by others)?"""
     real = Path(os.path.realpath(path))
     try:
-        if not real.stat().st_mode & 0o005 == 0o005:
-            return False
-        return all(p.stat().st_mode & 0o001 for p in real.parents)
+        return real.stat().st_mode & 0o005 == 0o005 and all(p.stat().st_mode & 0o001 for p in real.parents)
     except OSError:
         return False
 
 
-_MODE: tuple[str, str] | None = None
+_STATUS: dict[str, tuple[str | None, str]] = {}
+_STATUS_LOCK = threading.Lock()
 
 
-def _choose() -> tuple[str, str]:
-    """(isolation mode, interpreter). Dropping to nobody needs an interpreter nobody can run:
-    a Python under /root (pyenv) is not, so fall back to the system Python for the sandbox."""
-    global _MODE
-    if _MODE is None:
-        if not _namespaces_available():
-            _MODE = ("rlimits+audit", sys.executable)
-        else:
-            usable = [p for p in (sys.executable, shutil.which("python3", path="/usr/bin:/bin") or "") if p and _world_usable(p)]
-            _MODE = ("namespaces+nobody+rlimits+audit", usable[0]) if usable else ("namespaces+rlimits+audit", sys.executable)
-    return _MODE
+def sandbox_status(kind: str = "bwrap") -> tuple[str | None, str]:
+    """("bwrap", "") when the real sandbox works here, else (None, why). Probed once: one real
+    run of a tiny answer and test through the whole path."""
+    with _STATUS_LOCK:
+        if kind not in _STATUS:
+            if kind == "bwrap" and shutil.which("bwrap") is None:
+                _STATUS[kind] = (None, "bwrap is not installed")
+            elif kind == "unsafe" and os.geteuid() == 0 and not any(_world_usable(p) for p in _unsafe_pythons()):
+                _STATUS[kind] = (None, "no Python that an unprivileged uid can run (never as root)")
+            else:
+                v = _run("def f():\n    return 1\n", {"tests": "assert f() == 1", "entry_point": "f"}, kind, _limits(10, 256, 16, 8, 64), 60)
+                why = (v.detail + " " + v.stderr.strip().splitlines()[-1] if v.stderr.strip() else v.detail).strip()
+                _STATUS[kind] = (kind, "") if v.passed else (None, why[:300])
+        return _STATUS[kind]
 
 
-def isolation_mode() -> str:
-    return _choose()[0]
+def require_sandbox(unsafe: bool) -> str:
+    """The isolation a run will use: "bwrap", or "unsafe" where the user allowed it.
+    Raises SandboxUnavailable with a one-line message naming the fix."""
+    mode, why = sandbox_status("bwrap")
+    if mode:
+        return mode
+    if unsafe:
+        mode2, why2 = sandbox_status("unsafe")
+        if mode2:
+            return mode2
+        raise SandboxUnavailable(f"code_exec: cannot run answers even unsafely ({why2}); {INSTALL_HINT}")
+    hint = INSTALL_HINT
+    if shutil.which("bwrap") and os.geteuid() != 0:
+        hint = ("allow unprivileged user namespaces (`sysctl kernel.unprivileged_userns_clone=1`; on Ubuntu 24.04 "
+                "`sysctl kernel.apparmor_restrict_unprivileged_userns=0`)")
+    raise SandboxUnavailable(f"code_exec: the bwrap sandbox cannot start ({why}); {hint}, or pass --unsafe-exec "
+                             "(rubric: `unsafe: true`) to run answers without isolation")
 
 
-def _tail(path: Path) -> str:
+def _unsafe_pythons() -> list[str]:
+    return [sys.executable, "/usr/bin/python3"]
+
+
+# -- one run ---------------------------------------------------------------------------------
+
+def _limits(timeout_s: float, memory_mb: int, max_file_mb: int, max_procs: int, max_open_files: int) -> dict:
+    cpu = max(1, int(timeout_s + 0.999))
+    return {"RLIMIT_CPU": [cpu, cpu + 1], "RLIMIT_AS": memory_mb << 20, "RLIMIT_FSIZE": max_file_mb << 20,
+            "RLIMIT_NPROC": max_procs, "RLIMIT_NOFILE": max_open_files, "RLIMIT_CORE": 0}
+
+
+def check_answer(code: str, tests: str, entry_point: str | None = None, *, prefix: str | None = None, timeout_s: float = 10.0,
+              memory_mb: int = 1024, wall_s: float | None = None, max_procs: int = 32, max_file_mb: int = 16,
+              max_open_files: int = 256, unsafe: bool = False) -> Verdict:
+    """Run `code` as module `solution` and `tests` against it (HumanEval `def check(candidate)`
+    with `entry_point`, or plain asserts naming the answer's functions). Never raises.
+
+    timeout_s is CPU time of the answer's process; wall_s (default 3x + 30 s) is the hard stop.
+    `prefix` is trusted code from the prompt (HumanEval's stub and helpers): its helpers serve
+    the tests instead of the answer's copies."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - _TAIL))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+        isolation = require_sandbox(unsafe)
+    except SandboxUnavailable as e:
+        return Verdict(False, "refused", str(e))
+    limits = _limits(timeout_s, memory_mb, max_file_mb, max_procs, max_open_files)
+    calls_check = any(line.startswith("check(") for line in tests.splitlines())
+    return _run(code, {"tests": tests, "entry_point": entry_point, "prefix": prefix, "calls_check": calls_check},
+                isolation, limits, wall_s if wall_s is not None else 3 * timeout_s + 30)
 
 
-def run_python(code: str, *, timeout_s: float = 10.0, memory_mb: int = 1024, max_procs: int = 32,
-               max_file_mb: int = 16) -> ExecResult:
-    """Run `code` as a Python program in the sandbox. Never raises; see `ExecResult`."""
+def _frame(obj: Any) -> bytes:
+    data = json.dumps(obj).encode()
+    return struct.pack(">Q", len(data)) + data
+
+
+def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) -> Verdict:
     t0 = time.perf_counter()
-    mode, python = _choose()
-    work = tempfile.mkdtemp(prefix="judge-sandbox-")
+    root = os.geteuid() == 0
+    uid = UID_BASE + _RNG.randrange(UID_SPAN) if root else os.getuid()
+    python, sites = _python()
+    popen: dict[str, Any] = {}
+    workdir = None
+    if isolation == "bwrap":
+        cmd = bwrap_command(python)
+    else:
+        if root:
+            python = next(p for p in _unsafe_pythons() if _world_usable(p))
+            sites = sites if python == sys.executable else []
+            popen = {"user": uid, "group": uid, "extra_groups": []}
+        workdir = tempfile.mkdtemp(prefix="judge-unsafe-")
+        os.chmod(workdir, 0o777)
+        cmd = [python, "-I", "-S", "-B", "-c", HARNESS]
+    ir, iw = os.pipe()
+    cmd = cmd + _harness_args(ir)
+    runner_limits = {**limits, "RLIMIT_CPU": [limits["RLIMIT_CPU"][0] * 3 + 5] * 2,
+                     "RLIMIT_AS": limits["RLIMIT_AS"] + (768 << 20), "RLIMIT_NPROC": limits["RLIMIT_NPROC"] + 4}
+    if not root and isolation != "bwrap":
+        runner_limits.pop("RLIMIT_NPROC")  # would count all of this user's processes on the host
+        limits = {k: v for k, v in limits.items() if k != "RLIMIT_NPROC"}
+    vr, vw = os.pipe()
+    cfg = {"uid": uid, "verdict_fd": vw, "site": sites, "limits": limits, "runner_limits": runner_limits,
+           "code": code, "modules": sorted(sys.stdlib_module_names | {"numpy"})}
     try:
-        Path(work, "main.py").write_text(code)
-        Path(work, "boot.py").write_text(_BOOT)
-        drop = "nobody" in mode
-        if drop:
-            for p in (work, *(str(x) for x in Path(work).iterdir())):
-                os.chown(p, NOBODY, NOBODY)
-        limits = {
-            "RLIMIT_CPU": max(1, int(timeout_s) + 1),
-            "RLIMIT_AS": memory_mb * 1024 * 1024,
-            "RLIMIT_FSIZE": max_file_mb * 1024 * 1024,
-            "RLIMIT_CORE": 0,
-        }
-        if drop or os.geteuid() != 0:
-            limits["RLIMIT_NPROC"] = max_procs
-        cfg = {"dir": work, "limits": limits, "drop": drop, "uid": NOBODY}
-        cmd = [python, "-I", "-X", "utf8", os.path.join(work, "boot.py"), json.dumps(cfg)]
-        if mode.startswith("namespaces"):
-            cmd = ["unshare", "--net", "--pid", "--fork", "--kill-child", *cmd]
-        env = {"PATH": "/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-               "PYTHONDONTWRITEBYTECODE": "1"}
-        out_path, err_path = Path(work, "stdout.txt"), Path(work, "stderr.txt")
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            try:
-                proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                        start_new_session=True)
-            except OSError as e:
-                return ExecResult(False, "error", None, "", f"could not start the sandbox: {e}", time.perf_counter() - t0, mode)
-            timed_out = False
-            try:
-                rc = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                rc = None
-            finally:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # stragglers too, not only the first process
-                except (ProcessLookupError, PermissionError):
-                    pass
-                proc.wait()
-        stdout, stderr = _tail(out_path), _tail(err_path)
-        return ExecResult(rc == 0 and not timed_out, _status(rc, timed_out, stderr), rc, stdout, stderr,
-                          round(time.perf_counter() - t0, 3), mode)
-    except Exception as e:  # the sandbox itself failed: report, never raise
-        return ExecResult(False, "error", None, "", f"{type(e).__name__}: {e}", time.perf_counter() - t0, mode)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                pass_fds=(vw, ir), env=dict(_ENV, HOME=workdir or "/tmp"), cwd=workdir,
+                                start_new_session=True, **popen)
+    except OSError as e:
+        for fd in (vr, vw, ir, iw):
+            os.close(fd)
+        return Verdict(False, "error", f"could not start the sandbox: {e}", isolation=isolation)
+    os.close(vw)
+    os.close(ir)
+    try:
+        out, err, verdict, timed_out = _communicate(proc, iw, _frame(cfg) + _frame(tests), vr, t0 + wall_s)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        os.close(vr)
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    res = Verdict(False, "error", "", out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                  round(time.perf_counter() - t0, 3), isolation=isolation)
+    if timed_out:
+        res.reason, res.detail = "timeout", f"still running after the wall-clock limit of {wall_s:g} s"
+        return res
+    try:
+        v = json.loads(verdict)
+        assert v["reason"] in REASONS
+    except (ValueError, KeyError, TypeError, AssertionError):
+        if res.stderr.startswith("bwrap:"):
+            res.detail = f"the sandbox failed to start: {res.stderr.strip()[:300]}"
+        elif "Traceback" in res.stderr and proc.returncode not in (0, None):
+            res.detail = f"the test runner failed (exit {proc.returncode})"
+        else:
+            res.reason = "hack_suspected"
+            res.detail = f"the test runner ended without a verdict (exit {proc.returncode}): killed from inside?"
+        return res
+    res.reason, res.detail, res.passed = v["reason"], str(v.get("detail", "")), v["reason"] == "passed"
+    res.cpu_s, res.calls = v.get("cpu_s"), int(v.get("calls") or 0)
+    return res
 
 
-def _status(rc: int | None, timed_out: bool, stderr: str) -> str:
-    if timed_out or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGKILL):
-        return "timeout"
-    if rc == 0:
-        return "passed"
-    if "MemoryError" in stderr:
-        return "memory"
-    if "sandbox:" in stderr and "not allowed" in stderr:
-        return "blocked"
-    return "failed"
+def _communicate(proc: subprocess.Popen, feed: int, data: bytes, vr: int, deadline: float) -> tuple[bytes, bytes, bytes, bool]:
+    """Feed the input pipe, keep the tails of stdout/stderr and the verdict, until the process exits or
+    the deadline passes (then kill its whole group)."""
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()  # type: ignore[union-attr]
+    bufs = {out_fd: bytearray(), err_fd: bytearray(), vr: bytearray()}
+    sel = selectors.DefaultSelector()
+    for fd in bufs:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    os.set_blocking(feed, False)
+    sel.register(feed, selectors.EVENT_WRITE)
+    pidfd = os.pidfd_open(proc.pid)
+    sel.register(pidfd, selectors.EVENT_READ)
+    pending, timed_out, exited = memoryview(data), False, False
+    try:
+        while not exited:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                timed_out = True
+                break
+            for key, _ in sel.select(timeout=min(left, 1.0)):
+                fd = key.fd
+                if fd == pidfd:
+                    exited = True
+                elif fd == feed:
+                    try:
+                        pending = pending[os.write(feed, pending[: 1 << 16]):]
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:  # the runner is gone; its exit says why
+                        pending = pending[:0]
+                    if not pending:
+                        sel.unregister(feed)
+                        os.close(feed)
+                        feed = -1
+                else:
+                    _read(fd, bufs[fd], sel)
+    finally:
+        sel.close()
+        os.close(pidfd)
+        if feed >= 0:
+            os.close(feed)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers (and everything, on a timeout)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+        for fd, buf in bufs.items():
+            _drain(fd, buf)
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f and not f.closed:
+                f.close()
+    return bytes(bufs[out_fd]), bytes(bufs[err_fd]), bytes(bufs[vr]), timed_out
 
 
-def run_many(programs: list[str], workers: int = 4, **limits) -> list[ExecResult]:
-    """Run programs in parallel (threads only wait on subprocesses), results in input order."""
+def _read(fd: int, buf: bytearray, sel: selectors.BaseSelector) -> None:
+    try:
+        chunk = os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return
+    if not chunk:
+        sel.unregister(fd)
+        return
+    buf += chunk
+    if len(buf) > 4 * _TAIL:
+        del buf[: len(buf) - _TAIL]
+
+
+def _drain(fd: int, buf: bytearray) -> None:
+    for _ in range(64):  # what is left in the pipe; a detached writer cannot keep us here
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except (BlockingIOError, OSError):
+            break
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > 4 * _TAIL:
+            del buf[: len(buf) - _TAIL]
+
+
+def run_many(cases: list[dict], workers: int = 2, **limits: Any) -> list[Verdict]:
+    """Run cases ({code, tests, entry_point?, prefix?}) in parallel; verdicts in input order."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(lambda code: run_python(code, **limits), programs))
-
-
-# -- assembling a program from a candidate answer ------------------------------------------------
-
-_FENCED = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
-
-
-def extract_code(response: str) -> str:
-    """The Python in an answer: its fenced code blocks, or the whole text when there are none."""
-    blocks = [b for b in _FENCED.findall(response) if b.strip()]
-    return "\n\n".join(blocks) if blocks else response
-
-
-def build_program(response: str, tests: str, entry_point: str | None = None, code_prefix: str | None = None) -> str:
-    """Candidate code + tests. HumanEval-style tests define `check(candidate)`; we call it."""
-    code = extract_code(response)
-    if code_prefix and entry_point and not re.search(rf"def\s+{re.escape(entry_point)}\s*\(", code):
-        code = code_prefix + code  # a completion of the given signature, HumanEval style
-    program = f"{code}\n\n\n{tests}\n"
-    if entry_point and re.search(r"def\s+check\s*\(", tests):
-        program += f"\n\ncheck({entry_point})\n"
-    return program
+        return list(pool.map(lambda c: check_answer(**c, **limits), cases))

@@ -16,7 +16,8 @@ from typing import Any, Callable
 from corpus import Corpus, UserError
 
 from .rubric import VerifierSpec
-from .sandbox import build_program, run_many
+from .extract import defines, extract_code, fenced_blocks, read_tests
+from .sandbox import SandboxUnavailable, require_sandbox, run_many
 
 
 @dataclass
@@ -29,71 +30,147 @@ class VerifierResult:
 Item = tuple[dict[str, Any], str]  # (prompt row with messages/meta, response)
 
 
-def _meta_ref(value: str | None, meta: dict[str, Any]) -> str | None:
+def _meta_ref(value: str | None, meta: dict[str, Any]) -> Any:
     """`meta:<key>` reads the prompt's meta; anything else is the literal value."""
     if value is None:
         return None
     if value.startswith("meta:"):
-        v = meta.get(value[5:])
-        return v if isinstance(v, str) else None
+        return meta.get(value[5:])
     return value
 
 
-def code_exec(spec: VerifierSpec, items: list[Item], workers: int = 4) -> list[VerifierResult]:
-    programs, slots, out = [], [], [VerifierResult(None) for _ in items]
+def code_exec_cases(spec: VerifierSpec, items: list[Item]) -> tuple[list[dict], list[int], list[VerifierResult]]:
+    """The sandbox cases for the items that have tests, their indexes, and the results so far."""
+    cases, slots, out = [], [], [VerifierResult(None) for _ in items]
     for i, (prompt, response) in enumerate(items):
         meta = prompt.get("meta") or {}
-        tests = _meta_ref(spec.tests, meta)
+        tests = read_tests(_meta_ref(spec.tests, meta))
         if not tests:
-            out[i] = VerifierResult(None, error=f"prompt has no tests ({spec.tests} is missing); add them to the prompt's meta")
+            out[i] = VerifierResult(None, error=f"prompt has no tests ({spec.tests} is missing or not a string / list of "
+                                    "asserts); add them to the prompt's meta")
             continue
         entry = _meta_ref(spec.entry_point or "meta:entry_point", meta)
+        entry = entry if isinstance(entry, str) and entry.isidentifier() else None
         prefix = meta.get("code_prefix") or meta.get("prompt_code")
         if not isinstance(prefix, str) and entry:
             # HumanEval-style prompts are the code stub itself: an answer that only writes the
-            # body (or repeats nothing) is completed with it, as HumanEval's own harness does
+            # body is completed with it, as HumanEval's own harness does
             text = ((prompt.get("messages") or [{}])[-1]).get("content", "")
-            prefix = text if re.search(rf"def\s+{re.escape(entry)}\s*\(", text) else None
-        programs.append(build_program(response, tests, entry, prefix if isinstance(prefix, str) else None))
+            prefix = text if defines(text, entry) else None
+        prefix = prefix if isinstance(prefix, str) else None
+        code = extract_code(response, entry)
+        if prefix and entry and not defines(code, entry):
+            code = prefix + code
+        cases.append({"code": code, "tests": tests, "entry_point": entry, "prefix": prefix})
         slots.append(i)
-    for i, r in zip(slots, run_many(programs, workers=workers, timeout_s=spec.timeout_s, memory_mb=spec.memory_mb)):
-        detail = {"status": r.status, "returncode": r.returncode, "duration_s": r.duration_s,
-                  "stderr_tail": r.stderr[-400:], "isolation": r.isolation}
-        out[i] = VerifierResult(1.0 if r.passed else 0.0, detail,
-                                error=f"sandbox error: {r.stderr[-200:]}" if r.status == "error" else None)
-        if r.status == "error":
-            out[i].score = None
+    return cases, slots, out
+
+
+def code_exec(spec: VerifierSpec, items: list[Item], workers: int = 2, unsafe: bool = False) -> list[VerifierResult]:
+    cases, slots, out = code_exec_cases(spec, items)
+    verdicts = run_many(cases, workers=workers, timeout_s=spec.timeout_s, memory_mb=spec.memory_mb, wall_s=spec.wall_s,
+                        unsafe=unsafe or spec.unsafe)
+    for i, v in zip(slots, verdicts):
+        detail = {"reason": v.reason, "detail": v.detail, "duration_s": v.duration_s, "cpu_s": v.cpu_s,
+                  "stderr_tail": v.stderr[-400:], "isolation": v.isolation}
+        if v.reason == "refused":
+            out[i] = VerifierResult(None, detail, error=v.detail)
+        else:
+            out[i] = VerifierResult(1.0 if v.passed else 0.0, detail)
     return out
 
 
+def preflight(specs: list[VerifierSpec], unsafe_exec: bool) -> str | None:
+    """Before any work: the isolation code_exec will use (None without code_exec criteria).
+    Raises UserError naming the fix when the sandbox cannot start and unsafe was not allowed."""
+    execs = [s for s in specs if s.type == "code_exec"]
+    if not execs:
+        return None
+    try:
+        return require_sandbox(unsafe_exec or all(s.unsafe for s in execs))
+    except SandboxUnavailable as e:
+        raise UserError(str(e)) from None
+
+
+REGEX_TIMEOUT_S = 1.0
+MAX_JSON_BYTES = 1 << 20
+
+
 def regex(spec: VerifierSpec, items: list[Item]) -> list[VerifierResult]:
-    pat = re.compile(spec.pattern or "", re.MULTILINE)
-    return [VerifierResult(float(bool(pat.search(resp)) == spec.must_match), {"matched": bool(pat.search(resp))})
-            for _, resp in items]
+    """A match (or no match, with must_match: false); a pattern that backtracks past
+    REGEX_TIMEOUT_S on an answer is a recorded failure for that answer, not a hung job."""
+    import regex as re2
+
+    pat = re2.compile(spec.pattern or "", re2.MULTILINE)
+    out = []
+    for _, resp in items:
+        try:
+            matched = pat.search(resp, timeout=REGEX_TIMEOUT_S) is not None
+        except TimeoutError:
+            out.append(VerifierResult(None, {"timeout_s": REGEX_TIMEOUT_S},
+                                      error=f"regex {spec.pattern[:60]!r} ran over {REGEX_TIMEOUT_S:g} s on this answer"))
+            continue
+        out.append(VerifierResult(float(matched == spec.must_match), {"matched": matched}))
+    return out
 
 
 def _first_json(text: str) -> Any:
     body = text.strip()
-    m = re.search(r"```(?:json)?\s*\n(.*?)```", body, re.DOTALL)
-    if m:
-        body = m.group(1).strip()
+    blocks = [code for lang, code in fenced_blocks(body) if lang in ("json", "")] if "```" in body or "~~~" in body else []
+    if blocks:
+        body = blocks[0].strip()
     return json.loads(body)
 
 
-def json_schema(spec: VerifierSpec, items: list[Item]) -> list[VerifierResult]:
+def _validator(schema: dict[str, Any]) -> Any:
+    """Draft 2020-12 with `pattern` / `patternProperties` run by `regex` with a time limit."""
     import jsonschema
+    import regex as re2
+    from jsonschema import ValidationError
 
+    def pattern(validator, patrn, instance, schema):  # noqa: ANN001 - jsonschema's signature
+        if validator.is_type(instance, "string") and not re2.search(patrn, instance, timeout=REGEX_TIMEOUT_S):
+            yield ValidationError(f"{instance[:80]!r} does not match {patrn!r}")
+
+    def pattern_properties(validator, patterns, instance, schema):  # noqa: ANN001
+        if not validator.is_type(instance, "object"):
+            return
+        for patrn, subschema in patterns.items():
+            for k, v in instance.items():
+                if re2.search(patrn, k, timeout=REGEX_TIMEOUT_S):
+                    yield from validator.descend(v, subschema, path=k, schema_path=patrn)
+
+    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator,
+                                       {"pattern": pattern, "patternProperties": pattern_properties})
+    return cls(schema)
+
+
+def json_schema(spec: VerifierSpec, items: list[Item]) -> list[VerifierResult]:
+    """Valid JSON (and valid under the schema). Answers over MAX_JSON_BYTES, nested past
+    Python's recursion limit, or whose strings make a schema pattern backtrack past the time
+    limit are recorded failures for that item."""
+    validator = _validator(spec.json_schema) if spec.json_schema is not None else None
     out = []
     for _, resp in items:
+        if len(resp.encode("utf-8", "replace")) > MAX_JSON_BYTES:
+            out.append(VerifierResult(0.0, {"valid_json": False, "error": f"answer over {MAX_JSON_BYTES} bytes"}))
+            continue
         try:
             value = _first_json(resp)
-        except (json.JSONDecodeError, ValueError) as e:
-            out.append(VerifierResult(0.0, {"valid_json": False, "error": str(e)[:200]}))
+        except (json.JSONDecodeError, ValueError, RecursionError) as e:
+            out.append(VerifierResult(0.0, {"valid_json": False, "error": f"{type(e).__name__}: {str(e)[:200]}"}))
             continue
-        if spec.json_schema is None:
+        if validator is None:
             out.append(VerifierResult(1.0, {"valid_json": True}))
             continue
-        errors = list(jsonschema.Draft202012Validator(spec.json_schema).iter_errors(value))
+        try:
+            errors = list(validator.iter_errors(value))
+        except TimeoutError:
+            out.append(VerifierResult(None, {"valid_json": True}, error=f"a schema pattern ran over {REGEX_TIMEOUT_S:g} s"))
+            continue
+        except RecursionError:
+            out.append(VerifierResult(0.0, {"valid_json": True, "errors": ["nested too deeply to validate"]}))
+            continue
         out.append(VerifierResult(0.0 if errors else 1.0, {"valid_json": True, "errors": [e.message[:200] for e in errors[:3]]}))
     return out
 
@@ -209,9 +286,9 @@ def reward_model(spec: VerifierSpec, items: list[Item], corpus: Corpus, batch_si
     return out
 
 
-def run_verifier(spec: VerifierSpec, items: list[Item], corpus: Corpus) -> list[VerifierResult]:
+def run_verifier(spec: VerifierSpec, items: list[Item], corpus: Corpus, unsafe_exec: bool = False) -> list[VerifierResult]:
     if spec.type == "code_exec":
-        return code_exec(spec, items)
+        return code_exec(spec, items, unsafe=unsafe_exec)
     if spec.type == "reward_model":
         return reward_model(spec, items, corpus)
     return {"regex": regex, "json_schema": json_schema, "length": length, "checkable": checkable}[spec.type](spec, items)

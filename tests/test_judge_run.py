@@ -215,6 +215,7 @@ def test_each_check_type(text, check, ok):
     assert check_instruction(text, check) is ok
 
 
+@pytest.mark.skipif(__import__("judge.sandbox").sandbox.sandbox_status()[0] is None, reason="bwrap sandbox unavailable")
 def test_code_rubric_runs_tests_in_the_sandbox(corpus, shared_data):
     tasks = [json.loads(line) for line in open(shared_data / "humaneval.jsonl")][:2]
     gens = []
@@ -226,6 +227,6 @@ def test_code_rubric_runs_tests_in_the_sandbox(corpus, shared_data):
     correct = {r["generation_id"]: r["score"] for r in corpus.query("SELECT * FROM judge_scores WHERE criterion = 'correctness'")}
     assert [correct[g.id] for g in gens] == [1.0, 0.0, 1.0, 0.0]
     detail = json.loads(corpus.query("SELECT meta FROM judgments WHERE judge = 'verifier:code_exec' LIMIT 1")[0]["meta"])
-    assert detail["detail"]["status"] in ("passed", "failed")
+    assert detail["detail"]["reason"] in ("passed", "failed_assertion", "error")
     overall = {r["generation_id"]: r["score_norm"] for r in corpus.query("SELECT * FROM generation_scores")}
     assert overall[gens[0].id] == pytest.approx((3 * 1.0 + 3 * 0.5) / 6)

@@ -1,21 +1,33 @@
-"""code_exec sandbox: every HumanEval canonical solution passes, mutants fail, hostile programs
-are contained. Everything here runs real subprocesses; nothing is faked."""
+"""code_exec ground truth: HumanEval's 164 canonical solutions pass and their mutants fail, with
+the answers shaped as a model writes them (bare code, fenced code, a body-only completion), through
+the verifier function and, for a subset, through the real `python -m judge` command. Also: code
+extraction shapes, tests given as a list, and the refusal when bwrap cannot start. Everything
+runs real sandboxes; nothing is faked."""
 
 from __future__ import annotations
 
 import ast
 import json
 import os
-import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from test_judge_helpers import PROMPTS, ROOT_DIR, add_candidates
 
-from judge.sandbox import build_program, extract_code, isolation_mode, run_many, run_python
+from corpus import Corpus
+from judge.extract import extract_code, read_tests
+from judge.rubric import VerifierSpec
+from judge.sandbox import check_answer, sandbox_status
+from judge.verifiers import code_exec, code_exec_cases
+
+pytestmark = pytest.mark.skipif(sandbox_status()[0] is None, reason=f"bwrap sandbox unavailable: {sandbox_status()[1]}")
 
 _FLIP = {ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
          ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.FloorDiv: ast.Mult, ast.Mod: ast.FloorDiv,
          ast.In: ast.NotIn, ast.NotIn: ast.In, ast.And: ast.Or, ast.Or: ast.And, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+SPEC = VerifierSpec(type="code_exec", tests="meta:test", entry_point="meta:entry_point", timeout_s=10)
 
 
 def _entry(tree: ast.AST, name: str) -> ast.FunctionDef:
@@ -57,121 +69,221 @@ def off_by_one(src: str, name: str) -> str | None:
     return None
 
 
+MUTATORS = [flip_operator, remove_return, off_by_one]
+
+
+def as_model_writes(i: int, code: str, body: str | None = None) -> str:
+    """Rotate over the shapes answers come in: bare code, a fenced block among prose (after a
+    bash block), a ~~~py fence inside a list item, and HumanEval's body-only completion."""
+    shape = i % 4
+    if shape == 0:
+        return code
+    if shape == 1:
+        return f"Install nothing:\n```bash\npip list\n```\nHere is the solution:\n```python\n{code}\n```\nIt runs in O(n)."
+    if shape == 2:
+        indented = "\n".join("   " + line if line else line for line in code.splitlines())
+        return f"1. The function:\n\n   ~~~py\n{indented}\n   ~~~\n\n2. Done."
+    return body if body is not None else code
+
+
+def mutant(t: dict, i: int) -> tuple[str, str] | None:
+    for k in range(3):
+        mutator = MUTATORS[(i + k) % 3]
+        m = mutator(t["prompt"] + t["canonical_solution"], t["entry_point"])
+        if m is not None:
+            return mutator.__name__, m
+    return None
+
+
 @pytest.fixture(scope="module")
 def humaneval():
-    path = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "humaneval.jsonl"
+    path = ROOT_DIR.parent / "shared" / "data" / "humaneval.jsonl"
     if not path.exists():
         pytest.skip("../shared/data is not beside this checkout")
     return [json.loads(line) for line in path.open()]
 
 
 def test_humaneval_canonical_pass_and_mutants_fail(humaneval):
-    """All 164 canonical solutions pass. Each task also gets one mutant, the kind rotating over
-    operator flip / return removed / off-by-one. A mutation can be equivalent (the flipped
-    operator is in dead code, or the tests never reach the constant), so a handful survive;
-    measured on this data: 3 of 141 flips, 1 of 164 removed returns, 18 of 128 off-by-ones.
-    The asserts allow that and no more."""
-    programs, kinds = [], []
-    for t in humaneval:
-        programs.append(build_program(t["prompt"] + t["canonical_solution"], t["test"], t["entry_point"]))
-        kinds.append("canonical")
-    mutators = [flip_operator, remove_return, off_by_one]
+    """All 164 canonical solutions pass in the shape a model writes them. Each task also gets one
+    mutant. A mutation can be equivalent (dead code, a constant the tests never reach), so a few
+    survive; measured on this data with the old sandbox: 3 of 141 flips, 1 of 164 removed
+    returns, 18 of 128 off-by-ones. The asserts allow that and no more."""
+    items, kinds = [], []
     for i, t in enumerate(humaneval):
-        for k in range(3):
-            mutator = mutators[(i + k) % 3]
-            m = mutator(t["prompt"] + t["canonical_solution"], t["entry_point"])
-            if m is not None:
-                programs.append(build_program(m, t["test"], t["entry_point"]))
-                kinds.append(mutator.__name__)
-                break
-    results = run_many(programs, workers=4, timeout_s=10)
+        prompt = {"messages": [{"role": "user", "content": t["prompt"]}], "meta": {"test": t["test"], "entry_point": t["entry_point"]}}
+        items.append((prompt, as_model_writes(i, t["prompt"] + t["canonical_solution"], t["canonical_solution"])))
+        kinds.append("canonical")
+        m = mutant(t, i)
+        if m:
+            items.append((prompt, as_model_writes(i + 1, m[1])))
+            kinds.append(m[0])
+    results = code_exec(SPEC, items, workers=2)
     canon = [r for r, k in zip(results, kinds) if k == "canonical"]
-    failed = [humaneval[i]["task_id"] for i, r in enumerate(canon) if not r.passed]
-    assert not failed, f"canonical solutions failed: {failed[:5]}"
+    failed = [(humaneval[i]["task_id"], r.detail) for i, r in enumerate(canon) if r.score != 1.0]
+    assert not failed, f"canonical solutions failed: {failed[:3]}"
+    assert all(r.detail["isolation"] == "bwrap" for r in results)
     for kind in ("flip_operator", "remove_return", "off_by_one"):
         rs = [r for r, k in zip(results, kinds) if k == kind]
-        killed = sum(not r.passed for r in rs)
+        killed = sum(r.score == 0.0 for r in rs)
         assert len(rs) >= 40 and killed / len(rs) >= (0.8 if kind == "off_by_one" else 0.95), (kind, killed, len(rs))
 
 
-def test_passing_and_failing_programs():
-    ok = run_python("assert sum([1, 2]) == 3\nprint('fine')")
-    assert ok.passed and ok.status == "passed" and "fine" in ok.stdout
-    bad = run_python("assert 1 == 2")
-    assert not bad.passed and bad.status == "failed" and "AssertionError" in bad.stderr
+def test_humaneval_through_the_judge_command(humaneval, tmp_path):
+    """`python -m judge --rubric prompts/code.yaml` as a user runs it: canonical answers (bare
+    and fenced) score 1, a mutant and an os._exit trick score 0; judgments record the sandbox."""
+    db = tmp_path / "c.duckdb"
+    corpus = Corpus(db)
+    expect = {}
+    for i, t in enumerate(humaneval[:: 41]):  # 4 tasks spread over the set
+        full = t["prompt"] + t["canonical_solution"]
+        name, bad = mutant(t, i)
+        answers = [full, f"```python\n{full}\n```", f"```python\n{bad}\n```", f"{bad}\nimport os\nos._exit(0)\n"]
+        gens = add_candidates(corpus, [(t["prompt"], answers)], meta={"test": t["test"], "entry_point": t["entry_point"]})
+        expect.update({g.id: s for g, s in zip(gens, [1.0, 1.0, 0.0, 0.0])})
+    corpus.close()
+    r = subprocess.run([sys.executable, "-m", "judge", "--rubric", str(PROMPTS / "code.yaml"), "--db", str(db),
+                        "--judge-backend", "fake", "--quiet"], cwd=ROOT_DIR, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    c = Corpus(db)
+    rows = c.query("SELECT target_id, score, sandbox, meta FROM judgments WHERE judge = 'verifier:code_exec'")
+    assert {row["target_id"]: row["score"] for row in rows} == expect
+    assert {row["sandbox"] for row in rows} == {"bwrap"}
+    reasons = {json.loads(row["meta"])["detail"]["reason"] for row in rows}
+    assert "hack_suspected" in reasons and "passed" in reasons
+    config = json.loads(c.query("SELECT config FROM runs")[0]["config"])
+    assert config["code_exec_isolation"] == "bwrap" and config["unsafe_exec"] is False
 
 
-def test_infinite_loop_times_out():
-    r = run_python("while True:\n    pass", timeout_s=2)
-    assert r.status == "timeout" and not r.passed
+def test_without_bwrap_the_judge_refuses_unless_unsafe(tmp_path, humaneval):
+    """No bwrap on PATH: one line, exit 2, nothing written; with --unsafe-exec it runs and says so."""
+    db = tmp_path / "c.duckdb"
+    corpus = Corpus(db)
+    t = humaneval[0]
+    add_candidates(corpus, [(t["prompt"], [t["prompt"] + t["canonical_solution"]])], meta={"test": t["test"], "entry_point": t["entry_point"]})
+    corpus.close()
+    nobwrap = tmp_path / "bin"
+    nobwrap.mkdir()
+    env = {**os.environ, "PATH": str(nobwrap)}
+    argv = [sys.executable, "-m", "judge", "--rubric", str(PROMPTS / "code.yaml"), "--db", str(db), "--judge-backend", "fake", "--quiet"]
+    r = subprocess.run(argv, cwd=ROOT_DIR, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "bwrap is not installed" in r.stderr and "apt-get install bubblewrap" in r.stderr and "--unsafe-exec" in r.stderr
+    assert Corpus(db).query("SELECT count(*) AS n FROM runs")[0]["n"] == 0
+    r = subprocess.run(argv + ["--unsafe-exec"], cwd=ROOT_DIR, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    c = Corpus(db)
+    row = c.query("SELECT score, sandbox FROM judgments WHERE judge = 'verifier:code_exec'")[0]
+    assert row == {"score": 1.0, "sandbox": "unsafe"}
+    assert json.loads(c.query("SELECT config FROM runs")[0]["config"])["unsafe_exec"] is True
 
 
-def test_fork_bomb_is_contained():
-    r = run_python("import os\nwhile True:\n    os.fork()", timeout_s=3)
-    assert not r.passed and r.status in ("blocked", "timeout", "failed")
-    # nothing it started is left running: a fresh sandbox still works at once
-    assert run_python("print(1)").passed
+# -- code extraction: one test per shape --------------------------------------------------------
+
+ADD = "def add(a, b):\n    return a + b\n"
 
 
-def test_reading_outside_the_sandbox_is_refused(tmp_path):
-    secret = tmp_path / "secret.txt"
-    secret.write_text("TOP-SECRET-VALUE")
-    secret.chmod(0o644)
-    r = run_python(f"print(open({str(secret)!r}).read())")
-    assert not r.passed and "TOP-SECRET-VALUE" not in r.stdout
-    r2 = run_python("print(open('/etc/passwd').read())")
-    assert not r2.passed and "root:" not in r2.stdout
+@pytest.mark.parametrize("answer", [
+    ADD,                                                                   # plain code, no fences
+    f"```python\n{ADD}```",                                                # ``` python
+    f"~~~python\n{ADD}~~~",                                                # ~~~ fence
+    f"```python3\n{ADD}```", f"```py\n{ADD}```",                           # other info strings
+    f"Run it:\n```bash\npython add.py\n```\nThe code:\n```python\n{ADD}```\n",  # a bash block first
+    "Steps:\n\n1. Write it:\n\n    ```python\n" + "".join("    " + ln + "\n" for ln in ADD.splitlines()) + "    ```\n",  # in a list item
+    f"```python\n{ADD}```\nUsage:\n```python\nprint(add(1, 2))\n```\n",   # the block that defines the entry point
+    f"```\n{ADD}```",                                                      # an untagged fence
+])
+def test_extract_code_shapes(answer):
+    assert extract_code(answer, "add").strip() == ADD.strip()
 
 
-def test_writing_outside_the_sandbox_is_refused(tmp_path):
-    target = tmp_path / "written.txt"
-    r = run_python(f"open({str(target)!r}, 'w').write('x')")
-    assert not r.passed and not target.exists()
-    assert run_python("open('inside.txt', 'w').write('x'); print(open('inside.txt').read())").passed
+def test_extract_code_without_entry_point_takes_the_last_python_block():
+    text = "```python\nx = 1\n```\ntext\n```python\ny = 2\n```\n```text\nnot code\n```"
+    assert extract_code(text).strip() == "y = 2"
+    assert extract_code("```bash\nls\n```") == ""
 
 
-def test_network_is_refused():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(0.1)
-    port = server.getsockname()[1]
-    try:
-        r = run_python(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')")
-        assert not r.passed and "connected" not in r.stdout
-        with pytest.raises(socket.timeout):
-            server.accept()  # no connection ever arrived
-    finally:
-        server.close()
+def test_read_tests_from_string_or_list():
+    assert read_tests("assert f(1) == 2") == "assert f(1) == 2"
+    assert read_tests(["assert f(1) == 2", "assert f(2) == 3"]) == "assert f(1) == 2\nassert f(2) == 3\n"
+    assert read_tests([]) is None and read_tests(None) is None and read_tests([1]) is None
 
 
-def test_huge_allocation_fails_inside():
-    r = run_python("x = bytearray(10 * 1024 ** 3)\nprint('allocated')", memory_mb=512)
-    assert r.status == "memory" and "allocated" not in r.stdout and "MemoryError" in r.stderr
+def test_mbpp_style_test_list_through_the_verifier():
+    spec = VerifierSpec(type="code_exec", tests="meta:test_list", entry_point="meta:entry_point")
+    prompt = {"messages": [{"role": "user", "content": "Write add."}],
+              "meta": {"test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]}}
+    good, bad = code_exec(spec, [(prompt, f"```python\n{ADD}```"), (prompt, "def add(a, b):\n    return a * b\n")])
+    assert good.score == 1.0 and bad.score == 0.0 and bad.detail["reason"] == "failed_assertion"
+    missing = code_exec(spec, [({"meta": {}}, ADD)])[0]
+    assert missing.score is None and "no tests" in missing.error
 
 
-def test_killing_the_parent_is_contained():
-    me = os.getpid()
-    r = run_python(f"import os, signal\nos.kill({me}, signal.SIGKILL)\nos.kill(os.getppid(), signal.SIGKILL)")
-    assert os.getpid() == me and not r.passed  # we are alive to assert it
+def test_body_only_completion_uses_the_prompt_stub():
+    prompt = {"messages": [{"role": "user", "content": 'def add(a, b):\n    """Sum."""\n'}],
+              "meta": {"test": "def check(candidate):\n    assert candidate(2, 3) == 5\n", "entry_point": "add"}}
+    cases, _, _ = code_exec_cases(SPEC, [(prompt, "    return a + b\n")])
+    assert cases[0]["code"].startswith("def add(a, b):") and cases[0]["prefix"]
+    assert code_exec(SPEC, [(prompt, "    return a + b\n")])[0].score == 1.0
 
 
-def test_secrets_in_the_environment_are_not_passed(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-leak")
-    r = run_python("import os\nprint(os.environ.get('OPENAI_API_KEY'))")
-    assert "sk-should-not-leak" not in r.stdout
+def test_prompt_helpers_serve_the_tests_not_the_answers_copies():
+    """HumanEval/38-style: the tests call encode(), defined by the prompt. An answer that redefines
+    encode() to make any decode() look right does not pass."""
+    stub = "def encode(s):\n    return s[::-1]\n\ndef decode(s):\n    '''Undo encode.'''\n"
+    tests = "def check(candidate):\n    assert candidate(encode('abc')) == 'abc'\n"
+    hack = "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n"
+    v = check_answer(hack, tests, "decode", prefix=stub)
+    assert v.reason == "failed_assertion"
+    assert check_answer(stub + "    return s[::-1]\n", tests, "decode", prefix=stub).passed
 
 
-def test_huge_output_is_capped():
-    r = run_python("while True:\n    print('x' * 10000)", timeout_s=5, max_file_mb=1)
-    assert not r.passed and len(r.stdout) <= 4096
+VALUES = '''
+import collections, decimal, fractions, math
+
+class Pair:
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+def chain(pairs):
+    return sum(p.b - p.a for p in pairs)
+
+def values(kind):
+    return {"tuple": (1, "a"), "set": {1, 2}, "dict": {(1, 2): [3.5, None]}, "big": 3 ** 5000, "nan": math.nan,
+            "bytes": b"\\x00\\xff", "complex": 1 + 2j, "range": range(3), "deque": collections.deque([1]),
+            "counter": collections.Counter("aab"), "decimal": decimal.Decimal("1.10"), "fraction": fractions.Fraction(3, 4),
+            "bool": True, "none": None, "negzero": -0.0}[kind]
+
+def count(n, step=1):
+    yield from range(0, n, step)
+
+def strict(x):
+    if x < 0:
+        raise ValueError("negative")
+    return x
+'''
+
+VALUE_TESTS = '''
+import collections, decimal, fractions, math
+assert values("tuple") == (1, "a") and type(values("tuple")) is tuple
+assert values("set") == {1, 2} and values("dict") == {(1, 2): [3.5, None]}
+assert values("big") == 3 ** 5000 and math.isnan(values("nan")) and values("bytes") == b"\\x00\\xff"
+assert values("complex") == 1 + 2j and values("range") == range(3) and values("deque") == collections.deque([1])
+assert values("counter").most_common(1) == [("a", 2)] and values("decimal") == decimal.Decimal("1.10")
+assert values("fraction") == fractions.Fraction(3, 4) and values("bool") is True and values("none") is None
+assert math.copysign(1, values("negzero")) == -1
+assert chain([Pair(1, 5), Pair(2, 3)]) == 5
+assert list(count(5, step=2)) == [0, 2, 4] and next(count(3)) == 0 and 4 in count(5)
+try:
+    strict(-1)
+    raise RuntimeError("no exception")
+except ValueError as e:
+    assert "negative" in str(e)
+'''
 
 
-def test_isolation_mode_is_reported():
-    assert run_python("pass").isolation == isolation_mode()
-
-
-def test_extract_code_prefers_fenced_blocks():
-    text = "Here you go:\n```python\ndef f():\n    return 1\n```\nThat's it."
-    assert extract_code(text).strip() == "def f():\n    return 1"
-    assert extract_code("def g(): pass") == "def g(): pass"
+def test_values_cross_faithfully():
+    """What a correct answer returns reaches the tests as the same value and type: containers,
+    big ints, NaN, bytes, ranges, stdlib value types; objects of its own classes go back to it as
+    arguments; generators iterate; its exceptions are caught as their built-in type."""
+    v = check_answer(VALUES, VALUE_TESTS)
+    assert v.passed, (v.reason, v.detail, v.stderr[-500:])

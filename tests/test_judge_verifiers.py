@@ -80,3 +80,60 @@ def test_reward_model_missing_is_a_user_error_before_any_write(corpus, tmp_path)
     with pytest.raises(UserError, match="no reward model"):
         run_judge(corpus, str(path), progress=False)
     assert corpus.query("SELECT count(*) AS n FROM runs")[0]["n"] == 0
+
+
+# -- user-supplied patterns and pathological answers: a recorded failure, never a hung job --------
+
+def test_regex_that_backtracks_is_a_recorded_failure(corpus, tmp_path):
+    """(a|aa)+$ on 60 a's and a b backtracks for hours; the answer gets score None, an error and a
+    verifier_failed flag, and the other answer is still judged."""
+    add_candidates(corpus, [("q", ["a" * 60 + "b", "aaaa"])])
+    path = tmp_path / "re.yaml"
+    path.write_text('name: re\ntask: Any.\ncriteria:\n  - name: as\n    kind: verifier\n    verifier: {type: regex, pattern: "(a|aa)+$"}\njudges: []\n')
+    s = run_judge(corpus, str(path), progress=False)
+    assert s["judged"] == 2 and s["failed"] == 1 and s["flags"] == {"verifier_failed": 1}
+    scores = sorted((r["score"] is None, r["score"]) for r in corpus.query("SELECT score FROM judgments"))
+    assert scores == [(False, 1.0), (True, None)]
+    reason = corpus.query("SELECT reason FROM flags")[0]["reason"]
+    assert "ran over" in reason
+
+
+def test_json_schema_limits():
+    from judge.rubric import VerifierSpec
+    from judge.verifiers import MAX_JSON_BYTES, json_schema
+
+    spec = VerifierSpec(type="json_schema", schema={"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a|aa)+$"}}})
+    items = [({}, '{"s": "aaa"}'), ({}, '{"s": "' + "a" * 60 + 'b"}'), ({}, "[" * 100_000 + "]" * 100_000),
+             ({}, '{"s": "' + "a" * MAX_JSON_BYTES + '"}'), ({}, '```json\n{"s": "aa"}\n```')]
+    ok, slow, deep, big, fenced = json_schema(spec, items)
+    assert ok.score == 1.0 and fenced.score == 1.0
+    assert slow.score is None and "ran over" in slow.error
+    assert deep.score == 0.0 and "RecursionError" in deep.detail["error"]
+    assert big.score == 0.0 and "bytes" in big.detail["error"]
+
+
+@pytest.mark.parametrize("verifier,msg", [
+    ("{type: regex, pattern: '(unclosed'}", "pattern does not compile"),
+    ("{type: json_schema, schema: {type: 12}}", "not a valid JSON Schema"),
+    ("{type: code_exec, tests: 'meta:test', unsafe: maybe}", "unsafe"),
+])
+def test_bad_verifier_settings_are_user_errors_at_load(tmp_path, verifier, msg):
+    from judge.rubric import load_rubric
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: bad\ntask: Any.\ncriteria:\n  - name: c\n    kind: verifier\n    verifier: {verifier}\njudges: []\n")
+    with pytest.raises(UserError, match=msg) as e:
+        load_rubric(path)
+    assert str(e.value).startswith(f"{path}:6:")
+
+
+def test_unsafe_and_wall_s_do_not_change_the_criterion_hash(tmp_path):
+    from judge.rubric import load_rubric
+
+    hashes = []
+    for extra in ("", ", unsafe: true, wall_s: 100"):
+        path = tmp_path / "c.yaml"
+        path.write_text(f"name: c\ntask: Any.\ncriteria:\n  - name: c\n    kind: verifier\n    verifier: {{type: code_exec, tests: 'meta:test'{extra}}}\njudges: []\n")
+        r = load_rubric(path)
+        hashes.append(r.criterion_hash(r.criteria[0]))
+    assert hashes[0] == hashes[1]

@@ -1,0 +1,77 @@
+"""The Python code in a model's answer, and the tests in a prompt's metadata.
+
+Answers are Markdown: fenced blocks (``` or ~~~, indented inside list items, info strings like
+`python`, `python3`, `py`) among prose and blocks in other languages. CommonMark parsing is
+markdown-it-py's job, not a regex's: it pairs fences correctly, so a ```bash block before the
+```python block is not read as code.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any
+
+from markdown_it import MarkdownIt
+
+_MD = MarkdownIt("commonmark")
+PYTHON_INFO = {"python", "python3", "py", "py3", "python2", "pycon", "ipython"}
+
+
+def _defines(code: str, name: str) -> bool:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
+    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name == name for n in ast.walk(tree))
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+        return True
+    except SyntaxError:
+        return False
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, code) of every fenced block, in order; language is the info string's first word."""
+    out = []
+    for tok in _MD.parse(text):
+        if tok.type == "fence":
+            lang = (tok.info.split() or [""])[0].lower().strip("{}.")
+            out.append((lang, tok.content))
+    return out
+
+
+def extract_code(response: str, entry_point: str | None = None) -> str:
+    """The answer's Python: the fenced block that defines `entry_point`, else the last Python
+    block; an untagged block counts when it parses as Python. No fences: the whole answer."""
+    blocks = fenced_blocks(response)
+    if not blocks:
+        return response
+    tagged = [code for lang, code in blocks if lang in PYTHON_INFO]
+    untagged = [code for lang, code in blocks if lang == "" and code.strip()]
+    if entry_point:
+        for pool in (tagged, untagged):
+            hits = [c for c in pool if _defines(c, entry_point)]
+            if hits:
+                return hits[-1]
+    if tagged:
+        return tagged[-1]
+    parsed = [c for c in untagged if _parses(c)]
+    return parsed[-1] if parsed else ""
+
+
+def read_tests(tests: Any) -> str | None:
+    """Tests as given: a string of Python, or a list of assert statements (MBPP's test_list)."""
+    if isinstance(tests, str):
+        return tests if tests.strip() else None
+    if isinstance(tests, list) and tests and all(isinstance(t, str) for t in tests):
+        return "\n".join(t.rstrip() for t in tests) + "\n"
+    return None
+
+
+def defines(code: str, name: str) -> bool:
+    """Does the code define a function or class called `name` (anywhere in it)?"""
+    return _defines(code, name)
