@@ -70,7 +70,7 @@ def print_eval(report: dict[str, Any]) -> None:
     cols = [("accuracy", "accuracy (tie = 1/2)"), ("accuracy_no_ties", "accuracy, no ties"),
             ("position_flip_rate", "flip rate"), ("first_slot_win_rate", "first slot wins"),
             ("longer_wins_judge", "longer wins: judge"), ("length_bias", "length bias")]
-    t.add_column("judge")
+    t.add_column("judge", no_wrap=True)
     for _, label in cols:
         t.add_column(label, justify="right")
     t.add_column("ties / no verdict", justify="right")
