@@ -26,12 +26,11 @@ import duckdb
 import pyarrow as pa
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
+from . import schema
 from .errors import UserError
 from .ids import canonical_json
 from .records import RECORDS, Record, Run, now
 
-MIGRATIONS = Path(__file__).parent / "migrations"
-_CREATES = re.compile(r'^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?"?(\w+)"?', re.I | re.M)
 _SECRET_FLAGS = ("--api-key", "--token", "--password", "--secret")
 # the user:password@ part of any URL (http://alice:pw@host/v1)
 _URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
@@ -136,7 +135,7 @@ class Corpus:
                     raise UserError(f"--db {self.path}: folder {p.parent} does not exist; create it first")
         if self.read_only:
             with self.connect() as con:
-                pending = _pending_migrations(con)
+                pending = schema.pending_migrations(con)
             if pending and os.access(self.path, os.W_OK):
                 with _writer(self) as con:
                     self.migrate(con)
@@ -277,44 +276,11 @@ class Corpus:
 
     def missing_tables(self) -> dict[str, str]:
         """Tables and views that an applied migration created but the file lacks -> that migration."""
-        have = self.tables()
-        done = {r["name"] for r in self.query("SELECT name FROM schema_migrations")} if "schema_migrations" in have else set()
-        out = {}
-        for f in sorted(MIGRATIONS.glob("m*.sql")):
-            if f.stem in done:
-                for name in _CREATES.findall(f.read_text()):
-                    if name not in have:
-                        out.setdefault(name, f.stem)
-        return out
+        with self.connect() as con:
+            return schema.missing_tables(con)
 
-    @staticmethod
-    def migration_of(table: str) -> str | None:
-        """The migration that creates `table` (or view), e.g. 'm001_core', or None."""
-        pat = re.compile(rf'CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?"?{re.escape(table)}"?[\s(]', re.I)
-        for f in sorted(MIGRATIONS.glob("m*.sql")):
-            if pat.search(f.read_text()):
-                return f.stem
-        return None
-
-    @staticmethod
-    def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
-        """Apply the migrations this file lacks, in name order, each in its own transaction."""
-        con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
-        done = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()}
-        applied = []
-        for f in sorted(MIGRATIONS.glob("m*.sql")):
-            if f.stem in done:
-                continue
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute(f.read_text())
-                con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [f.stem, now()])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            applied.append(f.stem)
-        return applied
+    migration_of = staticmethod(schema.migration_of)
+    migrate = staticmethod(schema.migrate)
 
     def tables(self) -> dict[str, str]:
         """name -> 'table' | 'view' for everything a user can query."""
@@ -502,13 +468,6 @@ def _quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     """No DuckDB progress bar: our jobs print their own progress, and --no-progress means none."""
     con.execute("SET enable_progress_bar = false")
     return con
-
-
-def _pending_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
-    names = {r[0] for r in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
-    done = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()} if "schema_migrations" in names else set()
-    return [f.stem for f in sorted(MIGRATIONS.glob("m*.sql")) if f.stem not in done]
 
 
 @contextlib.contextmanager
