@@ -91,7 +91,7 @@ def export(corpus: Corpus, table: str, fmt: str, out: Path) -> int:
     return int(n)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> ArgumentParser:
     ap = ArgumentParser(prog="corpus", description="Query and export the DuckDB corpus.")
     ap.add_argument("--db", default="corpus.duckdb", help="corpus file (default corpus.duckdb)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -106,7 +106,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("table")
     e.add_argument("--format", choices=sorted(FORMATS), default="parquet")
     e.add_argument("--out", required=True, type=Path)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def cli_parsers() -> dict[str, ArgumentParser]:
+    """The parser of `python -m corpus`, for the generated CLI reference."""
+    return {"python -m corpus": _parser()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     corpus = Corpus(args.db, create=False)
     if args.cmd == "sql":
