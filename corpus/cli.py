@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import duckdb
 
+from . import import_pairs
 from .errors import ArgumentParser, UserError, missing_table
 from .sqlcheck import one_statement, statements
 from .store import Corpus
@@ -110,7 +111,7 @@ def export(corpus: Corpus, table: str, fmt: str, out: Path) -> int:
     return int(n)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> ArgumentParser:
     ap = ArgumentParser(prog="corpus", description="Query and export the DuckDB corpus.")
     ap.add_argument("--db", default="corpus.duckdb", help="corpus file (default corpus.duckdb)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -126,10 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("table")
     e.add_argument("--format", choices=sorted(FORMATS), default="parquet")
     e.add_argument("--out", required=True, type=Path)
-    from . import import_pairs
-
     import_pairs.add_parser(sub)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def cli_parsers() -> dict[str, ArgumentParser]:
+    """The parser of `python -m corpus`, for the generated CLI reference."""
+    return {"python -m corpus": _parser()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.cmd == "import-pairs":
         return import_pairs.run(args, list(sys.argv[1:] if argv is None else argv))
 

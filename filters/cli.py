@@ -76,3 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         png = plot_run(corpus, summary, args.plot, cfg["sft"]["min_score"], cfg["pairs"]["min_margin"])
         print(f"plot: {png}")
     return 0
+
+
+def cli_parsers() -> dict[str, ArgumentParser]:
+    """The parser of `python -m filters`, for the generated CLI reference."""
+    return {"python -m filters": build_parser()}

@@ -197,3 +197,8 @@ def synth_main(args_list: Sequence[str], argv: Sequence[str]) -> int:
         corpus.close()
     Console().print(synth_table(summary))
     return 0
+
+
+def cli_parsers() -> dict[str, ArgumentParser]:
+    """Every parser of `python -m generate`, for the generated CLI reference."""
+    return {"python -m generate": _generate_parser(), "python -m generate prompts": _synth_parser()}

@@ -135,3 +135,8 @@ def print_audit(report: dict[str, Any]) -> None:
         console.print(a)
     if report.get("plot"):
         console.print(f"wrote {report['plot']}")
+
+
+def cli_parsers() -> dict[str, ArgumentParser]:
+    """Every parser of `python -m judge`, for the generated CLI reference."""
+    return {"python -m judge": _judge_parser(), "python -m judge audit": _audit_parser()}

@@ -190,7 +190,7 @@ class Rubric(Strict):
 # -- loading with line numbers ---------------------------------------------------------------
 
 _HINTS = {
-    "extra_forbidden": "unknown key; check its spelling (allowed keys are in the README's Rubric YAML section)",
+    "extra_forbidden": "unknown key; check its spelling (allowed keys are in docs/reference/rubric.md)",
     "missing": "required key is missing; add it",
 }
 

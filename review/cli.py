@@ -175,3 +175,8 @@ def _check_listen(host: str, port: int) -> None:
             s.bind(addr)
         except OSError as e:
             raise UserError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); pick another port or stop what uses it") from None
+
+
+def cli_parsers() -> dict[str, ArgumentParser]:
+    """The parser of `python -m review`, for the generated CLI reference."""
+    return {"python -m review": _parser()}

@@ -242,3 +242,8 @@ def _report(args) -> int:  # noqa: ANN001
         plot_rounds(rows, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def cli_parsers() -> dict[str, ArgumentParser]:
+    """The parser of `python -m train`, for the generated CLI reference."""
+    return {"python -m train": build_parser()}
