@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from backends import BackendError, add_backend_args, backend_from_args
+from backends import BackendError, add_backend_args, add_executor_args, backend_from_args
 from corpus import ArgumentParser, Corpus, UserError
 
 from .audit import run_audit
@@ -24,6 +24,7 @@ def _judge_parser() -> ArgumentParser:
     p.add_argument("--no-prefix-reuse", action="store_true", help="hf judges: do not reuse the rubric prefix's KV cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     add_backend_args(p, prefix="judge-", default=None)  # type: ignore[arg-type]
+    add_executor_args(p)
     return p
 
 
@@ -43,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "audit":
         return audit_main(argv[1:])
     args = _judge_parser().parse_args(argv)
+    if args.executor == "ray" and not args.judge_backend:
+        raise UserError("--executor ray runs the judge given by --judge-backend (and --judge-model); "
+                        "add them, or drop --executor ray to use the rubric's judges in this process")
+    if args.executor == "ray" and not args.work_dir:
+        args.work_dir = f"{args.db}.ray"
     corpus = Corpus(args.db, create=False)
     backend = None
     if args.judge_backend:
@@ -50,8 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend = backend_from_args(args, prefix="judge-")
         except BackendError as e:
             raise UserError(str(e)) from None
-    summary = run_judge(corpus, args.rubric, where=args.where, backend=backend, progress=not args.quiet,
-                        prefix_reuse=not args.no_prefix_reuse)
+    try:
+        summary = run_judge(corpus, args.rubric, where=args.where, backend=backend, progress=not args.quiet,
+                            prefix_reuse=not args.no_prefix_reuse)
+    finally:
+        if backend is not None:
+            backend.close()  # on Ray: the replicas and a local cluster stop here
     if not args.quiet:
         print_summary(summary)
     return 0
