@@ -344,7 +344,7 @@ class RayExecutor(Backend):
                 except RuntimeError as e:
                     self.cluster = None
                     raise BackendError(str(e)) from None
-                _use_token(env)
+                self._env_before = _use_token({k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
             try:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                          configure_logging=True)
@@ -365,7 +365,7 @@ class RayExecutor(Backend):
         if self.cluster is not None:
             self.cluster.stop()
             self.cluster = None
-            _use_token(None)
+            _use_token(self._env_before)
 
 
 def executor_from_args(args: Any, prefix: str = "") -> RayExecutor:
@@ -387,17 +387,20 @@ def executor_from_args(args: Any, prefix: str = "") -> RayExecutor:
                        num_gpus_per_worker=args.num_gpus_per_worker, batch_size=args.ray_batch_size)
 
 
-def _use_token(env: dict[str, str] | None) -> None:
-    """Make this process present our cluster's token (None: forget it); Ray caches both at import."""
+def _use_token(env: dict[str, str | None]) -> dict[str, str | None]:
+    """Make this process present our cluster's token (None values: unset); return what was
+    there before. Ray reads the auth mode and token once at import: make it read them again."""
     from ray._raylet import AuthenticationTokenLoader, Config
 
-    if env is None:
-        for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+    before = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():
+        if v is None:
             os.environ.pop(k, None)
-    else:
-        os.environ.update({k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
+        else:
+            os.environ[k] = v
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
+    return before
 
 
 def _last_line(e: BaseException) -> str:

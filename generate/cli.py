@@ -16,6 +16,7 @@ from rich.console import Console
 
 from backends import BackendError, SamplingParams, add_backend_args, add_executor_args, backend_from_args
 from corpus import ArgumentParser, Corpus, UserError
+from corpus.call_shards import merge_call_shards
 from corpus.store import redact_urls
 
 from .job import run_generate, summary_table
@@ -146,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend = _backend(args)
     corpus = Corpus(args.db)
     try:
+        if args.executor == "ray":  # a killed run's shards become cache hits, in one statement
+            merge_call_shards(corpus, args.work_dir)
         summary = run_generate(
             corpus, prompts=prompts, from_sql=args.from_sql, backend=backend, n=args.n, params=params,
             system=args.system, seed=args.seed, limit=args.limit, progress=not args.no_progress,

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from backends import BackendError, add_backend_args, add_executor_args, backend_from_args
 from corpus import ArgumentParser, Corpus, UserError
+from corpus.call_shards import merge_call_shards
 
 from .audit import run_audit
 from .run import run_judge
@@ -57,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BackendError as e:
             raise UserError(str(e)) from None
     try:
+        if args.executor == "ray":  # a killed run's shards become cache hits, in one statement
+            merge_call_shards(corpus, args.work_dir)
         summary = run_judge(corpus, args.rubric, where=args.where, backend=backend, progress=not args.quiet,
                             prefix_reuse=not args.no_prefix_reuse)
     finally:
