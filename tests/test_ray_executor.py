@@ -258,3 +258,34 @@ def test_bad_ray_input_is_one_line_exit_2_and_no_corpus(tmp_path, capsys, flags,
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1, err
     assert not db.exists()
+
+
+def test_merge_keeps_one_row_per_key_a_success_first(tmp_path):
+    """Shards from a resent part hold a key twice; a stored transient failure gives way to a
+    success; a stored success stays as it was."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from backends.ray_executor import SHARD_SCHEMA
+
+    def shard(name: str, rows: list[tuple[str, str]]) -> None:
+        (tmp_path / "work" / "results").mkdir(parents=True, exist_ok=True)
+        t = pa.table({"key": [k for k, _ in rows], "backend": ["openai"] * len(rows), "model": ["m"] * len(rows),
+                      "request": ['{"q":1}'] * len(rows), "response": [json.dumps({"text": s}) for _, s in rows],
+                      "status": [s for _, s in rows], "error": [None if s == "ok" else "e" for _, s in rows],
+                      "latency_ms": [1.0] * len(rows)}, schema=SHARD_SCHEMA)
+        pq.write_table(t, tmp_path / "work" / "results" / name)
+
+    shard("a.parquet", [("k1", "failed"), ("k2", "ok"), ("k4", "ok")])
+    shard("b.parquet", [("k1", "ok"), ("k3", "ok"), ("k4", "failed")])
+    (tmp_path / "work" / "results" / "c.parquet.tmp-1").write_text("a writer killed mid-write")
+    corpus = Corpus(tmp_path / "c.duckdb")
+    corpus.save_calls([{"key": "k3", "backend": "openai", "model": "m", "request": {"q": 1}, "response": None,
+                        "status": "failed", "error": "timeout"},
+                       {"key": "k4", "backend": "openai", "model": "m", "request": {"q": 1}, "response": {"text": "kept"},
+                        "status": "ok"}])
+    assert merge_call_shards(corpus, str(tmp_path / "work"), run_id="r1") == 3
+    rows = {r["key"]: (r["status"], r["run_id"]) for r in corpus.query("SELECT key, status, run_id FROM calls")}
+    assert rows == {"k1": ("ok", "r1"), "k2": ("ok", "r1"), "k3": ("ok", "r1"), "k4": ("ok", None)}
+    assert merge_call_shards(corpus, str(tmp_path / "work")) == 0
+    corpus.close()
