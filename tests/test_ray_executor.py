@@ -101,18 +101,24 @@ GENS = ("SELECT id, prompt_id, backend, model, params, sample_idx, seed, respons
 JUDGMENTS = "SELECT id, target_id, judge, criterion, score, rationale, raw, parse_status FROM judgments ORDER BY id"
 
 
-def test_ray_path_gives_the_same_calls_generations_and_judgments(tmp_path, ray_address, capsys):
+def test_ray_path_gives_the_same_calls_generations_and_judgments(tmp_path, ray_address, capsys, monkeypatch):
+    """generate on a private cluster the command starts (none of its processes is left when it
+    returns), judge on the module's cluster; both give what the single-process path gives."""
     prompts = prompts_file(tmp_path, 12)
     local, on_ray = tmp_path / "local.duckdb", tmp_path / "ray.duckdb"
-    ray_flags = ["--executor", "ray", "--ray-address", ray_address, "--work-dir", str(tmp_path / "work"),
-                 "--ray-batch-size", "5"]
+    ray_flags = ["--executor", "ray", "--work-dir", str(tmp_path / "work"), "--ray-batch-size", "5"]
+    mark = secrets.token_hex(8)
     with OpenAIServer() as srv:
         assert run_cli("generate", generate_main, gen_argv(prompts, local, srv.base_url)) == 0
-        assert run_cli("generate", generate_main, gen_argv(prompts, on_ray, srv.base_url, *ray_flags)) == 0
+        with monkeypatch.context() as m:
+            m.setenv("RLAIF_TEST_MARK", mark)  # inherited by the cluster's supervisor and every Ray process
+            m.delenv("RAY_ADDRESS", raising=False)
+            assert run_cli("generate", generate_main, gen_argv(prompts, on_ray, srv.base_url, *ray_flags)) == 0
+        assert marked(mark) == [], "Ray processes outlived the command"
         judge = ["--rubric", str(ROOT / "prompts/helpfulness.yaml"), "--judge-backend", "openai", "--judge-model",
                  "echo-model", "--judge-base-url", srv.base_url, "--quiet"]
         assert run_cli("judge", judge_main, [*judge, "--db", str(local)]) == 0
-        assert run_cli("judge", judge_main, [*judge, "--db", str(on_ray), *ray_flags]) == 0
+        assert run_cli("judge", judge_main, [*judge, "--db", str(on_ray), *ray_flags, "--ray-address", ray_address]) == 0
     capsys.readouterr()
     for sql in (CALLS, GENS, JUDGMENTS):
         a, b = table(local, sql), table(on_ray, sql)
@@ -224,22 +230,6 @@ def test_sigkill_driver_then_rerun_each_key_once_and_no_ray_process_left(tmp_pat
     assert sum(n - 1 for n in per_request.values()) <= 2 * 6  # one part per replica at most
 
 
-def test_a_finished_command_leaves_no_ray_process(tmp_path):
-    """A command that starts its own cluster stops all of it when it ends."""
-    mark = secrets.token_hex(8)
-    env = {**os.environ, "RLAIF_TEST_MARK": mark, "OMP_NUM_THREADS": "1"}
-    for k in AUTH:
-        env.pop(k, None)
-    with OpenAIServer() as srv:
-        argv = gen_argv(prompts_file(tmp_path, 4), tmp_path / "c.duckdb", srv.base_url, "--executor", "ray",
-                        "--work-dir", str(tmp_path / "work"))
-        done = subprocess.run([sys.executable, "-m", "generate", *argv], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-800:]
-        assert srv.count() == 8
-    assert marked(mark) == []
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: cannot connect"),
     (["--ray-address", "nohostport"], "--ray-address nohostport: give host:port"),
@@ -289,3 +279,11 @@ def test_merge_keeps_one_row_per_key_a_success_first(tmp_path):
     assert rows == {"k1": ("ok", "r1"), "k2": ("ok", "r1"), "k3": ("ok", "r1"), "k4": ("ok", None)}
     assert merge_call_shards(corpus, str(tmp_path / "work")) == 0
     corpus.close()
+
+
+def test_judge_on_ray_needs_a_judge_backend(tmp_path, capsys):
+    Corpus(tmp_path / "c.duckdb").close()
+    rc = run_cli("judge", judge_main, ["--rubric", str(ROOT / "prompts/helpfulness.yaml"), "--db", str(tmp_path / "c.duckdb"),
+                                       "--executor", "ray", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--executor ray runs the judge given by --judge-backend" in err and len(err.splitlines()) == 1
