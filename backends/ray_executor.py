@@ -98,7 +98,7 @@ def check_writable(fs: pafs.FileSystem, root: str, work_dir: str) -> None:
 
 def check_address(address: str) -> None:
     """Fail in a second, not after Ray's minute of retries, when nothing listens at host:port."""
-    if address in ("auto", "local"):
+    if address == "auto":
         return
     u = urlparse(address if "://" in address else f"ray://{address}")
     try:
@@ -231,10 +231,13 @@ class RayExecutor(Backend):
         self.supports_logprobs = cls.supports_logprobs  # type: ignore[misc]
         self.inner_model, self.options = model, dict(options or {})
         super().__init__(inner_model_id(inner, model))
-        self.work_dir = work_dir
+        # replicas run in other folders (and on other nodes): they get an absolute path or a URI
+        self.work_dir = work_dir if "://" in work_dir else os.path.abspath(os.path.expanduser(work_dir))
         self.fs, self.root = open_work_dir(work_dir)
         check_writable(self.fs, self.root, work_dir)
         self.address = address or os.environ.get("RAY_ADDRESS") or None
+        if self.address == "local":  # Ray's own local start leaves agents behind on SIGKILL: ours does not
+            self.address = None
         if self.address:
             check_address(self.address)
         self.workers, self.batch_size = workers, batch_size

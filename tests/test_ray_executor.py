@@ -132,9 +132,11 @@ def test_ray_path_gives_the_same_calls_generations_and_judgments(tmp_path, ray_a
     assert table(tmp_path / "fresh.duckdb", CALLS) == table(on_ray, CALLS)
 
 
-def test_fault_rate_0_3_completes_and_accounts_for_every_request(tmp_path, ray_address):
+def test_fault_rate_0_3_completes_and_accounts_for_every_request(tmp_path, ray_address, monkeypatch):
     """3 prompts in 10 get a fault on their first request (429, 500, a stall past the client's
-    timeout, a 200 with a non-JSON body); every request ends stored in `calls` or as a failure."""
+    timeout, a 200 with a non-JSON body); every request ends stored in `calls` or as a failure.
+    The work dir is relative: replicas, which run elsewhere, must still write into it."""
+    monkeypatch.chdir(tmp_path)
     kinds = ["429:0.1", "500", "hang", "garbage", "503", "garbage"]
     faults = {f"f{i}": [kinds[i % len(kinds)]] for i in range(0, 40) if i % 10 < 3}
     prompts = [f"f{i}" for i in range(40)]
@@ -144,7 +146,7 @@ def test_fault_rate_0_3_completes_and_accounts_for_every_request(tmp_path, ray_a
     with OpenAIServer(faults=faults, hang_s=30) as srv:
         ex = RayExecutor("openai", "echo-model", {"base_url": srv.base_url, "concurrency": 4, "timeout": 2.0,
                                                   "backoff_s": 0.05, "max_retries": 3},
-                         work_dir=str(tmp_path / "work"), address=ray_address, workers=2, batch_size=8)
+                         work_dir="work", address=ray_address, workers=2, batch_size=8)
         try:
             s = run_generate(corpus, f, backend=ex, n=1, params=SamplingParams(max_new_tokens=4), progress=False,
                              chunk_size=4096)
@@ -156,6 +158,7 @@ def test_fault_rate_0_3_completes_and_accounts_for_every_request(tmp_path, ray_a
     assert s["candidates_planned"] == 40 and len(stored) + len(failed) == 40 and not stored & failed
     assert s["candidates_new"] == len(stored) and len(stored) >= 36  # retries absorb one fault per prompt
     assert corpus.query("SELECT count(*) AS n FROM calls")[0]["n"] == 40
+    assert len(list((tmp_path / "work" / "results").glob("*.parquet"))) == 40 // 8
     corpus.close()
 
 
