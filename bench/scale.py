@@ -120,8 +120,6 @@ def bench_throughput(args: argparse.Namespace, base_url: str) -> None:
 
 
 def bench_merge(rows: int, shard_rows: int) -> None:
-    import json
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -136,11 +134,10 @@ def bench_merge(rows: int, shard_rows: int) -> None:
         for s in range(0, rows, shard_rows):
             n = min(shard_rows, rows - s)
             ids = range(s, s + n)
-            req = [json.dumps({"messages": [{"role": "user", "content": f"Write a short poem about the number {i}."}],
-                               "params": {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 256, "seed": i}}) for i in ids]
-            resp = [json.dumps({"text": f"Number {i}, a line of verse, and then another line about it.",
-                                "finish_reason": "stop", "prompt_tokens": 12, "completion_tokens": 14, "latency_ms": 210.0})
-                    for i in ids]
+            req = [f'{{"messages":[{{"content":"Write a short poem about the number {i}.","role":"user"}}],'
+                   f'"params":{{"max_new_tokens":256,"seed":{i},"temperature":0.7,"top_p":1.0}}}}' for i in ids]
+            resp = [f'{{"completion_tokens":14,"finish_reason":"stop","latency_ms":210.0,"prompt_tokens":12,'
+                    f'"text":"Number {i}, a line of verse, and then another line about it."}}' for i in ids]
             t = pa.table({"key": [f"{i:032x}" for i in ids], "backend": ["openai"] * n, "model": ["m"] * n,
                           "request": req, "response": resp, "status": ["ok"] * n, "error": [None] * n,
                           "latency_ms": [210.0] * n}, schema=SHARD_SCHEMA)
