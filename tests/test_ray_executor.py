@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from backends import CachedBackend, ChatRequest, SamplingParams  # noqa: E402
+from backends import ChatRequest, SamplingParams  # noqa: E402
 from backends.ray_cluster import LocalCluster  # noqa: E402
 from backends.ray_executor import RayExecutor, _use_token  # noqa: E402
 from corpus import Corpus, run_cli  # noqa: E402
