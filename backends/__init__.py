@@ -43,6 +43,7 @@ __all__ = [
     "Completion",
     "SamplingParams",
     "TokenLogprob",
+    "add_executor_args",
     "load_backend",
     "request_key",
 ]
@@ -64,8 +65,28 @@ def add_backend_args(parser: Any, prefix: str = "", default: str = "hf") -> None
     parser.add_argument(f"{p}device", default=None, help="cpu | cuda (hf backend; default: cuda when available)")
 
 
+def add_executor_args(parser: Any) -> None:
+    """--executor ray and its flags: run the stage's backend as replicas on a Ray cluster."""
+    g = parser.add_argument_group("scale-out on Ray (pip install '.[ray]')")
+    g.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="local: this process (default); ray: replicas of the backend on a Ray cluster")
+    g.add_argument("--ray-address", default=None, help="a running cluster, host:port or ray://host:10001 "
+                   "(default: $RAY_ADDRESS, else a private local cluster that stops with the command)")
+    g.add_argument("--work-dir", default=None, help="requests and result shards: a folder or URI (s3://...) "
+                   "every node can reach; a rerun resumes from it (default: <db>.ray)")
+    g.add_argument("--ray-workers", type=int, default=2, help="backend replicas (default 2)")
+    g.add_argument("--num-cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per replica (default 1)")
+    g.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per replica, e.g. 1 for vllm (default 0)")
+    g.add_argument("--ray-batch-size", type=int, default=128,
+                   help="requests per shard; a killed run re-sends at most one per replica (default 128)")
+
+
 def backend_from_args(args: Any, prefix: str = "") -> Backend:
-    """Build the backend that `add_backend_args` flags describe."""
+    """Build the backend that `add_backend_args` flags describe (on Ray with --executor ray)."""
+    if getattr(args, "executor", "local") == "ray":
+        from .ray_executor import executor_from_args
+
+        return executor_from_args(args, prefix)
     a = prefix.replace("-", "_")
     name = getattr(args, f"{a}backend")
     model = getattr(args, f"{a}model")

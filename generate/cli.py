@@ -18,9 +18,10 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
-from backends import BackendError, SamplingParams, add_backend_args, backend_from_args
+from backends import BackendError, SamplingParams, add_backend_args, add_executor_args, backend_from_args
 from corpus import ArgumentParser, Corpus, UserError
 from corpus.errors import EXIT_STATUS, report_incomplete
+from corpus.call_shards import merge_call_shards
 from corpus.store import redact_urls
 
 from .job import run_generate, summary_table
@@ -74,6 +75,9 @@ def _backend(args):
         raise UserError(str(e)) from None
 
 
+RAY_CHUNK = 4096  # a chunk is a barrier: every replica must have finished before the next one starts
+
+
 def _generate_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python -m generate",
@@ -90,8 +94,10 @@ def _generate_parser() -> ArgumentParser:
     p.add_argument("--n", type=int, default=4, help="candidates per prompt (default 4)")
     p.add_argument("--system", default=None, help="system prompt put before every prompt")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
-    p.add_argument("--chunk-size", type=int, default=64, help="requests per backend call; calls are cached per chunk (default 64)")
+    p.add_argument("--chunk-size", type=int, default=None, help="requests per backend call; calls are cached per chunk "
+                   f"(default 64; {RAY_CHUNK} with --executor ray, whose shards in --work-dir already bound what a kill loses)")
     _sampling_args(p, 0.7, 1.0, 256)
+    add_executor_args(p)
     return p
 
 
@@ -138,8 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--n {args.n}: give at least 1 candidate per prompt")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be at least 1")
+    if args.chunk_size is None:
+        args.chunk_size = RAY_CHUNK if args.executor == "ray" else 64
     if args.chunk_size < 1:
         raise UserError(f"--chunk-size {args.chunk_size}: must be at least 1")
+    if args.executor == "ray" and not args.work_dir:
+        args.work_dir = f"{args.db}.ray"
     params = _sampling(args)
     _check_db(args.db, must_exist=args.from_sql is not None)
     prompts = None
@@ -151,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if prompts is not None:
             prompts, apart = keep_tasks_apart(corpus, prompts)
+        if args.executor == "ray":  # a killed run's shards become cache hits, in one statement
+            merge_call_shards(corpus, args.work_dir)
         summary = run_generate(
             corpus, prompts=prompts, from_sql=args.from_sql, backend=backend, n=args.n, params=params,
             system=args.system, seed=args.seed, limit=args.limit, progress=not args.no_progress,

@@ -12,9 +12,10 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from backends import BackendError, add_backend_args, backend_from_args
+from backends import BackendError, add_backend_args, add_executor_args, backend_from_args
 from corpus import ArgumentParser, Corpus, UserError
 from corpus.errors import EXIT_STATUS, report_incomplete
+from corpus.call_shards import merge_call_shards
 
 from .audit import run_audit
 from .run import run_judge
@@ -32,6 +33,7 @@ def _judge_parser() -> ArgumentParser:
     p.add_argument("--unsafe-exec", action="store_true", help="code_exec: where the bwrap sandbox cannot start, run "
                    "answers without isolation (recorded on the run and on each judgment)")
     add_backend_args(p, prefix="judge-", default=None)  # type: ignore[arg-type]
+    add_executor_args(p)
     return p
 
 
@@ -55,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return eval_main(argv[1:])
     args = _judge_parser().parse_args(argv)
+    if args.executor == "ray" and not args.judge_backend:
+        raise UserError("--executor ray runs the judge given by --judge-backend (and --judge-model); "
+                        "add them, or drop --executor ray to use the rubric's judges in this process")
+    if args.executor == "ray" and not args.work_dir:
+        args.work_dir = f"{args.db}.ray"
     corpus = Corpus(args.db, create=False)
     backend = None
     if args.judge_backend:
@@ -62,8 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend = backend_from_args(args, prefix="judge-")
         except BackendError as e:
             raise UserError(str(e)) from None
-    summary = run_judge(corpus, args.rubric, where=args.where, backend=backend, progress=not args.quiet,
-                        prefix_reuse=not args.no_prefix_reuse, unsafe_exec=args.unsafe_exec)
+    try:
+        if args.executor == "ray":  # a killed run's shards become cache hits, in one statement
+            merge_call_shards(corpus, args.work_dir)
+        summary = run_judge(corpus, args.rubric, where=args.where, backend=backend, progress=not args.quiet,
+                            prefix_reuse=not args.no_prefix_reuse, unsafe_exec=args.unsafe_exec)
+    finally:
+        if backend is not None:
+            backend.close()  # on Ray: the replicas and a local cluster stop here
     if not args.quiet:
         print_summary(summary)
     # 0: every planned judgment stored (parse failures are stored results); 3: backend errors remain

@@ -1,0 +1,292 @@
+"""`--executor ray`: generate and judge through replicas on a real local Ray cluster, against the
+real loopback OpenAI server (tests/openai_server.py), with faults, killed drivers and workers.
+
+One cluster serves the module (starting one costs 10-40 s here); two tests start the private
+cluster a command starts for itself, to check that none of its processes outlive the command.
+Processes of a command are found by a marker in their environment, which every descendant
+inherits: nothing here depends on process names or on what other jobs run on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from backends import ChatRequest, SamplingParams  # noqa: E402
+from backends.ray_cluster import LocalCluster  # noqa: E402
+from backends.ray_executor import RayExecutor, _use_token  # noqa: E402
+from corpus import Corpus, run_cli  # noqa: E402
+from corpus.call_shards import merge_call_shards  # noqa: E402
+from generate.cli import main as generate_main  # noqa: E402
+from generate.job import run_generate  # noqa: E402
+from judge.cli import main as judge_main  # noqa: E402
+from openai_server import OpenAIServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local cluster for the module: 3 logical CPUs (2 replicas + the driver's own tasks)."""
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": str(ROOT)}
+    cluster = LocalCluster(num_cpus=3, env=env)
+    address = cluster.start()
+    before = _use_token({k: env[k] for k in AUTH})
+    try:
+        yield address
+    finally:
+        cluster.stop()
+        _use_token(before)
+
+
+def prompts_file(tmp_path: Path, n: int, tag: str = "p") -> Path:
+    f = tmp_path / f"{tag}.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"{tag}{i}"}) + "\n" for i in range(n)))
+    return f
+
+
+def gen_argv(prompts: Path, db: Path, base_url: str, *extra: str) -> list[str]:
+    return ["--prompts", str(prompts), "--db", str(db), "--n", "2", "--backend", "openai", "--model", "echo-model",
+            "--base-url", base_url, "--concurrency", "4", "--max-new-tokens", "8", "--no-progress", *extra]
+
+
+def marked(mark: str) -> list[int]:
+    """Live processes (not this one) whose environment carries RLAIF_TEST_MARK=mark."""
+    needle = f"RLAIF_TEST_MARK={mark}".encode()
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if int(pid) != os.getpid() and state != "Z" and needle in env.split(b"\0"):
+            out.append(int(pid))
+    return out
+
+
+def wait_none_marked(mark: str, timeout_s: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (left := marked(mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def table(db: Path, sql: str) -> list[tuple]:
+    c = Corpus(db, create=False)
+    try:
+        with c.connect() as con:
+            return con.execute(sql).fetchall()
+    finally:
+        c.close()
+
+
+CALLS = "SELECT key, backend, model, request, json_remove(response, '$.latency_ms'), status, error FROM calls ORDER BY key"
+GENS = ("SELECT id, prompt_id, backend, model, params, sample_idx, seed, response, finish_reason, prompt_tokens, "
+        "completion_tokens, call_key FROM generations ORDER BY id")
+JUDGMENTS = "SELECT id, target_id, judge, criterion, score, rationale, raw, parse_status FROM judgments ORDER BY id"
+
+
+def test_ray_path_gives_the_same_calls_generations_and_judgments(tmp_path, ray_address, capsys, monkeypatch):
+    """generate on a private cluster the command starts (none of its processes is left when it
+    returns), judge on the module's cluster; both give what the single-process path gives."""
+    prompts = prompts_file(tmp_path, 12)
+    local, on_ray = tmp_path / "local.duckdb", tmp_path / "ray.duckdb"
+    ray_flags = ["--executor", "ray", "--work-dir", str(tmp_path / "work"), "--ray-batch-size", "5"]
+    mark = secrets.token_hex(8)
+    with OpenAIServer() as srv:
+        assert run_cli("generate", generate_main, gen_argv(prompts, local, srv.base_url)) == 0
+        with monkeypatch.context() as m:
+            m.setenv("RLAIF_TEST_MARK", mark)  # inherited by the cluster's supervisor and every Ray process
+            m.delenv("RAY_ADDRESS", raising=False)
+            assert run_cli("generate", generate_main, gen_argv(prompts, on_ray, srv.base_url, *ray_flags)) == 0
+        assert marked(mark) == [], "Ray processes outlived the command"
+        judge = ["--rubric", str(ROOT / "prompts/helpfulness.yaml"), "--judge-backend", "openai", "--judge-model",
+                 "echo-model", "--judge-base-url", srv.base_url, "--quiet"]
+        assert run_cli("judge", judge_main, [*judge, "--db", str(local)]) == 0
+        assert run_cli("judge", judge_main, [*judge, "--db", str(on_ray), *ray_flags, "--ray-address", ray_address]) == 0
+    capsys.readouterr()
+    for sql in (CALLS, GENS, JUDGMENTS):
+        a, b = table(local, sql), table(on_ray, sql)
+        assert a == b and len(a) >= 24, sql
+    assert len(table(on_ray, JUDGMENTS)) >= 24
+    # the work dir holds the same calls as shards: merging them into a fresh corpus adds them all
+    fresh = Corpus(tmp_path / "fresh.duckdb")
+    assert merge_call_shards(fresh, str(tmp_path / "work")) == len(table(on_ray, CALLS))
+    assert merge_call_shards(fresh, str(tmp_path / "work")) == 0
+    fresh.close()
+    assert table(tmp_path / "fresh.duckdb", CALLS) == table(on_ray, CALLS)
+
+
+def test_fault_rate_0_3_completes_and_accounts_for_every_request(tmp_path, ray_address, monkeypatch):
+    """3 prompts in 10 get a fault on their first request (429, 500, a stall past the client's
+    timeout, a 200 with a non-JSON body); every request ends stored in `calls` or as a failure.
+    The work dir is relative: replicas, which run elsewhere, must still write into it."""
+    monkeypatch.chdir(tmp_path)
+    kinds = ["429:0.1", "500", "hang", "garbage", "503", "garbage"]
+    faults = {f"f{i}": [kinds[i % len(kinds)]] for i in range(0, 40) if i % 10 < 3}
+    prompts = [f"f{i}" for i in range(40)]
+    f = tmp_path / "f.jsonl"
+    f.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    corpus = Corpus(tmp_path / "c.duckdb")
+    with OpenAIServer(faults=faults, hang_s=30) as srv:
+        ex = RayExecutor("openai", "echo-model", {"base_url": srv.base_url, "concurrency": 4, "timeout": 2.0,
+                                                  "backoff_s": 0.05, "max_retries": 3},
+                         work_dir="work", address=ray_address, workers=2, batch_size=8)
+        try:
+            s = run_generate(corpus, f, backend=ex, n=1, params=SamplingParams(max_new_tokens=4), progress=False,
+                             chunk_size=4096)
+        finally:
+            ex.close()
+        assert {r.fault for r in srv.requests} >= {"429", "500", "hang", "garbage", "503"}
+    stored = {r["id"] for r in corpus.query("SELECT id FROM generations")}
+    failed = {r["target_id"] for r in corpus.query("SELECT target_id FROM failures")}
+    assert s["candidates_planned"] == 40 and len(stored) + len(failed) == 40 and not stored & failed
+    assert s["candidates_new"] == len(stored) and len(stored) >= 36  # retries absorb one fault per prompt
+    assert corpus.query("SELECT count(*) AS n FROM calls")[0]["n"] == 40
+    assert len(list((tmp_path / "work" / "results").glob("*.parquet"))) == 40 // 8
+    corpus.close()
+
+
+def test_worker_killed_mid_run_loses_nothing(tmp_path, ray_address):
+    """SIGKILL one replica's process while it sends: Ray restarts the actor and resends its
+    part; every request comes back answered."""
+    import ray
+
+    with OpenAIServer(latency_s=0.1) as srv:
+        ex = RayExecutor("openai", "echo-model", {"base_url": srv.base_url, "concurrency": 2},
+                         work_dir=str(tmp_path / "work"), address=ray_address, workers=2, batch_size=6)
+        try:
+            ex._connect()
+            pids = ray.get([a.pid.remote() for a in ex._replicas()])
+            reqs = [ChatRequest(messages=[{"role": "user", "content": f"w{i}"}], params=SamplingParams(max_new_tokens=4))
+                    for i in range(48)]
+
+            def killer() -> None:
+                while srv.count() < 10:
+                    time.sleep(0.02)
+                os.kill(pids[0], signal.SIGKILL)
+
+            t = threading.Thread(target=killer)
+            t.start()
+            out = ex.generate(reqs)
+            t.join()
+            after = ray.get([a.pid.remote() for a in ex._replicas()])
+        finally:
+            ex.close()
+    assert [c.text for c in out] == [f"echo: w{i}" for i in range(48)] and all(c.ok for c in out)
+    assert after[0] != pids[0] and after[1] == pids[1]  # the killed replica was restarted, the other kept
+    assert srv.count() <= 48 + 6  # at most the killed replica's part was sent again
+
+
+def test_sigkill_driver_then_rerun_each_key_once_and_no_ray_process_left(tmp_path, ray_address):
+    """The first run starts its own local cluster and is SIGKILLed mid-run: none of its Ray
+    processes survive. The rerun resumes from the work dir's shards: each planned key is
+    stored once, and only the parts in flight at the kill (one per replica) were sent twice."""
+    prompts = prompts_file(tmp_path, 60, "k")
+    db, work, mark = tmp_path / "c.duckdb", tmp_path / "work", secrets.token_hex(8)
+    env = {**os.environ, "RLAIF_TEST_MARK": mark, "OMP_NUM_THREADS": "1"}
+    for k in AUTH:  # the first run's cluster is its own, with its own token
+        env.pop(k, None)
+    with OpenAIServer(latency_s=0.1) as srv:
+        argv = gen_argv(prompts, db, srv.base_url, "--executor", "ray", "--work-dir", str(work), "--ray-workers", "2",
+                        "--ray-batch-size", "6", "--concurrency", "2")
+        child = subprocess.Popen([sys.executable, "-m", "generate", *argv], cwd=ROOT, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 240
+        try:
+            while len(list(work.glob("results/*.parquet"))) < 3:
+                assert child.poll() is None, child.stderr.read()[-800:]
+                assert time.monotonic() < deadline, "no shard written in time"
+                time.sleep(0.05)
+            child.send_signal(signal.SIGKILL)
+            assert child.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert wait_none_marked(mark) == [], "Ray processes of the killed command are still running"
+        first = srv.count()
+        assert first < 120
+        assert run_cli("generate", generate_main, [*argv, "--ray-address", ray_address]) == 0
+    keys = [r[0] for r in table(db, "SELECT call_key FROM generations")]
+    assert len(keys) == 120 == len(set(keys))
+    assert table(db, "SELECT count(*), count(DISTINCT key) FROM calls") == [(120, 120)]
+    per_request: dict[tuple, int] = {}
+    for r in srv.requests:
+        per_request[(r.prompt, r.body.get("seed"))] = per_request.get((r.prompt, r.body.get("seed")), 0) + 1
+    assert len(per_request) == 120
+    assert sum(n - 1 for n in per_request.values()) <= 2 * 6  # one part per replica at most
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: cannot connect"),
+    (["--ray-address", "nohostport"], "--ray-address nohostport: give host:port"),
+    (["--work-dir", "{file}/sub"], "cannot write there"),
+    (["--ray-workers", "0"], "--ray-workers 0: must be at least 1"),
+])
+def test_bad_ray_input_is_one_line_exit_2_and_no_corpus(tmp_path, capsys, flags, message):
+    (tmp_path / "file").write_text("x")
+    flags = [f.replace("{file}", str(tmp_path / "file")) for f in flags]
+    db = tmp_path / "c.duckdb"
+    with OpenAIServer() as srv:
+        argv = gen_argv(prompts_file(tmp_path, 2), db, srv.base_url, "--executor", "ray", *flags)
+        if "--work-dir" not in flags:
+            argv += ["--work-dir", str(tmp_path / "work")]
+        rc = run_cli("generate", generate_main, argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not db.exists()
+
+
+def test_merge_keeps_one_row_per_key_a_success_first(tmp_path):
+    """Shards from a resent part hold a key twice; a stored transient failure gives way to a
+    success; a stored success stays as it was."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from backends.ray_executor import SHARD_SCHEMA
+
+    def shard(name: str, rows: list[tuple[str, str]]) -> None:
+        (tmp_path / "work" / "results").mkdir(parents=True, exist_ok=True)
+        t = pa.table({"key": [k for k, _ in rows], "backend": ["openai"] * len(rows), "model": ["m"] * len(rows),
+                      "request": ['{"q":1}'] * len(rows), "response": [json.dumps({"text": s}) for _, s in rows],
+                      "status": [s for _, s in rows], "error": [None if s == "ok" else "e" for _, s in rows],
+                      "latency_ms": [1.0] * len(rows)}, schema=SHARD_SCHEMA)
+        pq.write_table(t, tmp_path / "work" / "results" / name)
+
+    shard("a.parquet", [("k1", "failed"), ("k2", "ok"), ("k4", "ok")])
+    shard("b.parquet", [("k1", "ok"), ("k3", "ok"), ("k4", "failed")])
+    (tmp_path / "work" / "results" / "c.parquet.tmp-1").write_text("a writer killed mid-write")
+    corpus = Corpus(tmp_path / "c.duckdb")
+    corpus.save_calls([{"key": "k3", "backend": "openai", "model": "m", "request": {"q": 1}, "response": None,
+                        "status": "failed", "error": "timeout"},
+                       {"key": "k4", "backend": "openai", "model": "m", "request": {"q": 1}, "response": {"text": "kept"},
+                        "status": "ok"}])
+    assert merge_call_shards(corpus, str(tmp_path / "work"), run_id="r1") == 3
+    rows = {r["key"]: (r["status"], r["run_id"]) for r in corpus.query("SELECT key, status, run_id FROM calls")}
+    assert rows == {"k1": ("ok", "r1"), "k2": ("ok", "r1"), "k3": ("ok", "r1"), "k4": ("ok", None)}
+    assert merge_call_shards(corpus, str(tmp_path / "work")) == 0
+    corpus.close()
+
+
+def test_judge_on_ray_needs_a_judge_backend(tmp_path, capsys):
+    Corpus(tmp_path / "c.duckdb").close()
+    rc = run_cli("judge", judge_main, ["--rubric", str(ROOT / "prompts/helpfulness.yaml"), "--db", str(tmp_path / "c.duckdb"),
+                                       "--executor", "ray", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--executor ray runs the judge given by --judge-backend" in err and len(err.splitlines()) == 1
