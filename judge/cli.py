@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from backends import BackendError, add_backend_args, backend_from_args
+from backends import BackendError, add_backend_args, backend_from_args, backend_limits
 from corpus import ArgumentParser, Corpus, UserError
 
 from .audit import run_audit
@@ -45,13 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _judge_parser().parse_args(argv)
     corpus = Corpus(args.db, create=False)
     backend = None
-    if args.judge_backend:
-        try:
+    try:
+        limits = backend_limits(args, prefix="judge-")
+        if args.judge_backend:
             backend = backend_from_args(args, prefix="judge-")
-        except BackendError as e:
-            raise UserError(str(e)) from None
+    except BackendError as e:
+        raise UserError(str(e)) from None
     summary = run_judge(corpus, args.rubric, where=args.where, backend=backend, progress=not args.quiet,
-                        prefix_reuse=not args.no_prefix_reuse)
+                        prefix_reuse=not args.no_prefix_reuse, limits=limits)
     if not args.quiet:
         print_summary(summary)
     return 0
