@@ -84,7 +84,7 @@ def _generate_parser() -> ArgumentParser:
     p.add_argument("--n", type=int, default=4, help="candidates per prompt (default 4)")
     p.add_argument("--system", default=None, help="system prompt put before every prompt")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
-    p.add_argument("--chunk-size", type=int, default=64, help="requests per backend call; calls are cached per chunk (default 64)")
+    p.add_argument("--chunk-size", type=int, default=64, help="requests per backend call; answers are saved to the call cache as they arrive, candidates per chunk (default 64)")
     _sampling_args(p, 0.7, 1.0, 256)
     return p
 
