@@ -67,6 +67,7 @@ def test_twenty_sigkills_pay_at_most_the_requests_in_flight(tmp_path, capsys):
         assert run_cli("generate", main, argv) == 0
         capsys.readouterr()
         sent = srv.answers_sent()
+    print(f"{kills} kills, {sent} answers sent for {planned} planned (bound {planned + kills * CONCURRENCY})")
     assert kills >= KILLS // 2, f"only {kills} kills landed before the job finished: make the job longer"
     assert planned <= sent <= planned + kills * CONCURRENCY, (sent, planned, kills)
 
