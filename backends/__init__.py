@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Backend, BackendError, ChatRequest, Completion, SamplingParams, TokenLogprob, request_key
+from .base import (
+    DEFAULT_MAX_PROMPT_BYTES,
+    Backend,
+    BackendError,
+    ChatRequest,
+    Completion,
+    SamplingParams,
+    TokenLogprob,
+    request_key,
+)
 from .cache import CachedBackend
 
 BACKENDS = ("hf", "openai", "vllm", "fake")
@@ -36,6 +45,7 @@ def load_backend(name: str, model: str | None = None, **options: Any) -> Backend
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_MAX_PROMPT_BYTES",
     "Backend",
     "BackendError",
     "CachedBackend",
@@ -44,6 +54,7 @@ __all__ = [
     "SamplingParams",
     "TokenLogprob",
     "add_executor_args",
+    "backend_limits",
     "load_backend",
     "request_key",
 ]
@@ -63,6 +74,23 @@ def add_backend_args(parser: Any, prefix: str = "", default: str = "hf") -> None
     parser.add_argument(f"{p}concurrency", type=int, default=16, help="requests in flight (openai backend)")
     parser.add_argument(f"{p}batch-size", type=int, default=16, help="sequences per forward batch (hf backend)")
     parser.add_argument(f"{p}device", default=None, help="cpu | cuda (hf backend; default: cuda when available)")
+    parser.add_argument(f"{p}timeout", type=float, default=60.0,
+                        help="seconds to wait for one answer before retrying it (openai backend; default 60)")
+    parser.add_argument(f"{p}max-prompt-bytes", type=int, default=DEFAULT_MAX_PROMPT_BYTES,
+                        help=f"a larger prompt is not sent, only recorded as a failure with its size (UTF-8 bytes; "
+                             f"0: no limit; default {DEFAULT_MAX_PROMPT_BYTES:,})")
+
+
+def backend_limits(args: Any, prefix: str = "") -> dict[str, Any]:
+    """`--timeout` and `--max-prompt-bytes` as checked options: {"timeout": s, "max_prompt_bytes": n | None}."""
+    a, p = prefix.replace("-", "_"), f"--{prefix}"
+    timeout = getattr(args, f"{a}timeout", 60.0)
+    limit = getattr(args, f"{a}max_prompt_bytes", DEFAULT_MAX_PROMPT_BYTES)
+    if not timeout > 0:
+        raise BackendError(f"{p}timeout {timeout:g}: must be more than 0 seconds, e.g. {p}timeout 120")
+    if limit < 0:
+        raise BackendError(f"{p}max-prompt-bytes {limit}: must be 0 (no limit) or more, e.g. {p}max-prompt-bytes 2000000")
+    return {"timeout": timeout, "max_prompt_bytes": limit or None}
 
 
 def add_executor_args(parser: Any) -> None:
@@ -90,13 +118,18 @@ def backend_from_args(args: Any, prefix: str = "") -> Backend:
     a = prefix.replace("-", "_")
     name = getattr(args, f"{a}backend")
     model = getattr(args, f"{a}model")
+    limits = backend_limits(args, prefix)
     if name == "openai":
-        return load_backend(
+        backend = load_backend(
             name, model,
             base_url=getattr(args, f"{a}base_url"),
             api_key_env=getattr(args, f"{a}api_key_env"),
             concurrency=getattr(args, f"{a}concurrency"),
+            timeout=limits["timeout"],
         )
-    if name == "hf":
-        return load_backend(name, model, batch_size=getattr(args, f"{a}batch_size"), device=getattr(args, f"{a}device"))
-    return load_backend(name, model)
+    elif name == "hf":
+        backend = load_backend(name, model, batch_size=getattr(args, f"{a}batch_size"), device=getattr(args, f"{a}device"))
+    else:
+        backend = load_backend(name, model)
+    backend.max_prompt_bytes = limits["max_prompt_bytes"]
+    return backend

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import Backend, BackendError, ChatRequest, Completion, Progress, TokenLogprob
+from .base import Backend, BackendError, ChatRequest, Completion, Deliver, Progress, TokenLogprob
 from .embedded import EMBEDDED_NAME, resolve_model
 
 _MASK64 = (1 << 64) - 1
@@ -143,6 +143,7 @@ class HFBackend(Backend):
     name = "hf"
     supports_json_schema = False
     supports_logprobs = True
+    streams_results = True  # each finished sub-batch is delivered (saved) before the next runs
 
     def __init__(self, model: str | None = None, batch_size: int = 16, device: str | None = None, dtype: Any = None):
         import torch
@@ -187,7 +188,7 @@ class HFBackend(Backend):
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _generate(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
+    def _generate(self, requests: list[ChatRequest], progress: Progress, deliver: Deliver | None = None) -> list[Completion]:  # type: ignore[override]
         out: list[Completion | None] = [None] * len(requests)
         rows: list[tuple[int, _Row, list[int]]] = []
         for i, req in enumerate(requests):
@@ -209,6 +210,8 @@ class HFBackend(Backend):
             for (i, _, _), comp in zip(batch, self._run_batch([r for _, r, _ in batch], [ids for _, _, ids in batch])):
                 out[i] = comp
             progress(len(batch))
+            if deliver is not None:
+                deliver([(i, out[i]) for i, _, _ in batch])  # type: ignore[misc]
         return out  # type: ignore[return-value]
 
     def _run_batch(self, rows: list[_Row], prompts: list[list[int]]) -> list[Completion]:

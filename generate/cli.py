@@ -94,7 +94,8 @@ def _generate_parser() -> ArgumentParser:
     p.add_argument("--n", type=int, default=4, help="candidates per prompt (default 4)")
     p.add_argument("--system", default=None, help="system prompt put before every prompt")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
-    p.add_argument("--chunk-size", type=int, default=None, help="requests per backend call; calls are cached per chunk "
+    p.add_argument("--chunk-size", type=int, default=None, help="requests per backend call; answers are saved to the "
+                   "call cache as they arrive, candidates per chunk "
                    f"(default 64; {RAY_CHUNK} with --executor ray, whose shards in --work-dir already bound what a kill loses)")
     _sampling_args(p, 0.7, 1.0, 256)
     add_executor_args(p)

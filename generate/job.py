@@ -4,10 +4,15 @@ How a rerun after a crash (even SIGKILL) does only the missing work, with no dup
 - a candidate's id is a hash of (prompt, backend, model, sampling params, sample index), so the
   job knows before calling the model which candidates the corpus already holds, and skips them;
 - each chunk of requests goes through `CachedBackend`, which writes the model's answers to the
-  `calls` table as soon as the chunk returns; candidates go through a `BatchWriter` that
-  flushes every few seconds. A kill between the two loses only unflushed candidates, and the
-  rerun rebuilds them from `calls` without calling the model again;
+  `calls` table as they arrive (each request, or each group that completed during the previous
+  write; each hf sub-batch), before the backend sends more in their place; candidates go
+  through a `BatchWriter` that flushes every few seconds. A kill loses at most the requests in
+  flight and the unflushed candidates, and the rerun rebuilds those from `calls` without
+  calling the model again;
 - inserts skip ids already present, so a row flushed twice is still one row.
+
+A prompt over the backend's `max_prompt_bytes` (--max-prompt-bytes, default 1 MB) is neither
+stored nor sent: it becomes a `failures` row that gives its size, and the summary counts it.
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from backends import Backend, CachedBackend, ChatRequest, Completion, SamplingParams
+from backends.base import prompt_bytes, too_large
 from corpus import BatchWriter, Corpus, Failure, Generation, Prompt, UserError
+from corpus.progress import progress as progress_display
 
 from .sources import load_prompts, prompts_from_sql
 
@@ -93,12 +98,18 @@ def _record(task: Task, comp: Completion, backend: Backend, gparams: dict[str, A
     )
 
 
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not enabled, transient=False,
-    )
+def split_oversized(records: list[Prompt], limit: int | None, system: str | None, run_id: str) -> tuple[list[Prompt], list[Failure]]:
+    """Prompts within `limit` bytes (as sent, with --system), and a failure for each one over it."""
+    if limit is None:
+        return records, []
+    keep, failed = [], []
+    for p in records:
+        size = prompt_bytes(ChatRequest(messages=with_system(p.messages, system)))
+        if size > limit:
+            failed.append(Failure(stage="generate", target_id=p.id, error=too_large(size, limit), run_id=run_id))
+        else:
+            keep.append(p)
+    return keep, failed
 
 
 def run_generate(
@@ -117,11 +128,13 @@ def run_generate(
     split: str | None = None,
     chunk_size: int = 64,
     argv: Sequence[str] | None = None,
+    max_prompt_bytes: int | None | str = "backend",
 ) -> dict[str, Any]:
     """Generate `n` candidates for every prompt that lacks them; return the run's summary.
 
     `prompts` is a file/dataset path or already-loaded Prompt records; or give `from_sql`.
-    `backend=None` loads the hf backend on the embedded default model.
+    `backend=None` loads the hf backend on the embedded default model. `max_prompt_bytes`
+    defaults to the backend's own limit (--max-prompt-bytes); None means no limit.
     """
     if n < 1:
         raise UserError(f"--n {n}: give at least 1 candidate per prompt")
@@ -149,20 +162,24 @@ def run_generate(
         "chunk_size": chunk_size,
     }
     with corpus.run("generate", config, argv) as run:
+        byte_limit = backend.max_prompt_bytes if max_prompt_bytes == "backend" else max_prompt_bytes
+        records, oversized = split_oversized(records, byte_limit, system, run.id)  # type: ignore[arg-type]
         stamped = [p.model_copy(update={"run_id": run.id}) if p.run_id is None else p for p in records]
         prompts_new = corpus.insert(stamped)
+        corpus.insert(oversized)
         cached = CachedBackend(backend, corpus, run.id)
         tasks = plan(records, backend, n, params, seed, system)
         have = corpus.existing_ids("generations", [t.generation_id for t in tasks])
         todo = [t for t in tasks if t.generation_id not in have]
         stats = {"new": 0, "failures": 0, "permanent": 0, "tokens": 0, "prompt_tokens": 0, "fresh_tokens": 0, "model_s": 0.0}
         errors: dict[str, int] = {}
-        with _progress_bar(progress) as bar, BatchWriter(corpus) as writer:
-            job = bar.add_task("generate", total=len(todo), rate="")
+        if oversized:
+            errors["prompt too large"] = len(oversized)
+        with progress_display("generate", len(todo), progress) as bar, BatchWriter(corpus) as writer:
             for start in range(0, len(todo), chunk_size):
                 chunk = todo[start : start + chunk_size]
                 t0 = time.perf_counter()
-                comps = cached.generate([t.request for t in chunk], progress=lambda k: bar.advance(job, k))
+                comps = cached.generate([t.request for t in chunk], progress=bar)
                 stats["model_s"] += time.perf_counter() - t0
                 recs = []
                 for t, c in zip(chunk, comps):
@@ -180,7 +197,7 @@ def run_generate(
                         errors[reason] = errors.get(reason, 0) + 1
                 writer.add(recs)
                 rate = stats["fresh_tokens"] / stats["model_s"] if stats["model_s"] else 0.0
-                bar.update(job, rate=f"{rate:.1f} tok/s")
+                bar.note(f"{rate:.1f} tok/s")
         elapsed = time.perf_counter() - t_start
         run.summary = {
             "prompts": len(records), "prompts_new": prompts_new, "prompts_repeated": repeated,
@@ -188,7 +205,9 @@ def run_generate(
             "calls_cached": cached.hits, "calls_sent": cached.misses,
             "tokens": stats["tokens"], "prompt_tokens": stats["prompt_tokens"],
             "tokens_per_s": round(stats["fresh_tokens"] / stats["model_s"], 2) if stats["model_s"] and stats["fresh_tokens"] else 0.0,
-            "failures": stats["failures"], "failures_permanent": stats["permanent"], "failure_reasons": errors,
+            "prompts_too_large": len(oversized),
+            "failures": stats["failures"] + len(oversized), "failures_permanent": stats["permanent"] + len(oversized),
+            "failure_reasons": errors,
             "elapsed_s": round(elapsed, 2), "backend": backend.name, "model": backend.model_id, "run_id": run.id,
         }
     return dict(run.summary)
@@ -200,6 +219,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     t.add_column("value", justify="right")
     t.add_row("model", f"{summary['backend']}:{summary['model']}")
     t.add_row("prompts", f"{summary['prompts']} ({summary['prompts_new']} new)")
+    if summary.get("prompts_too_large"):
+        t.add_row("prompts too large (not stored)", str(summary["prompts_too_large"]))
     t.add_row("candidates new", str(summary["candidates_new"]))
     t.add_row("candidates already there", str(summary["candidates_existing"]))
     t.add_row("calls sent / from cache", f"{summary['calls_sent']} / {summary['calls_cached']}")

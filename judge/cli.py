@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from backends import BackendError, add_backend_args, add_executor_args, backend_from_args
+from backends import BackendError, add_backend_args, add_executor_args, backend_from_args, backend_limits
 from corpus import ArgumentParser, Corpus, UserError
 from corpus.errors import EXIT_STATUS, report_incomplete
 from corpus.call_shards import merge_call_shards
@@ -64,16 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.work_dir = f"{args.db}.ray"
     corpus = Corpus(args.db, create=False)
     backend = None
-    if args.judge_backend:
-        try:
+    try:
+        limits = backend_limits(args, prefix="judge-")
+        if args.judge_backend:
             backend = backend_from_args(args, prefix="judge-")
-        except BackendError as e:
-            raise UserError(str(e)) from None
+    except BackendError as e:
+        raise UserError(str(e)) from None
     try:
         if args.executor == "ray":  # a killed run's shards become cache hits, in one statement
             merge_call_shards(corpus, args.work_dir)
         summary = run_judge(corpus, args.rubric, where=args.where, backend=backend, progress=not args.quiet,
-                            prefix_reuse=not args.no_prefix_reuse, unsafe_exec=args.unsafe_exec)
+                            prefix_reuse=not args.no_prefix_reuse, unsafe_exec=args.unsafe_exec, limits=limits)
     finally:
         if backend is not None:
             backend.close()  # on Ray: the replicas and a local cluster stop here

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from backends import Backend, ChatRequest, Completion, TokenLogprob
-from backends.base import Progress
+from backends.base import Deliver, Progress
 
 MIN_PREFIX = 32  # below this many shared tokens, reuse saves less than the copy costs
 
@@ -65,9 +65,12 @@ class PrefixReuseBackend(Backend):
     supports_json_schema = False
     supports_logprobs = True
 
+    streams_results = True  # each finished batch is delivered (saved) before the next runs
+
     def __init__(self, inner: Any, guided: bool = False):
         super().__init__(inner.model_id)
         self.inner = inner
+        self.max_prompt_bytes = inner.max_prompt_bytes
         self.batch_size = getattr(inner, "batch_size", 16)
         self.guided = guided and guided_available()
         self.supports_json_schema = self.guided  # type: ignore[misc]
@@ -81,7 +84,7 @@ class PrefixReuseBackend(Backend):
     def close(self) -> None:
         self.inner.close()
 
-    def _generate(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
+    def _generate(self, requests: list[ChatRequest], progress: Progress, deliver: Deliver | None = None) -> list[Completion]:  # type: ignore[override]
         out: list[Completion | None] = [None] * len(requests)
         fast: dict[str, list[int]] = {}
         slow: list[int] = []
@@ -103,8 +106,11 @@ class PrefixReuseBackend(Backend):
                 for k, c in zip(part, comps):
                     out[idxs[k]] = c
                 progress(len(part))
+                if deliver is not None:
+                    deliver([(idxs[k], c) for k, c in zip(part, comps)])
         if slow:
-            for i, c in zip(slow, self.inner.generate([requests[i] for i in slow], progress)):
+            passed = (lambda rs: deliver([(slow[k], c) for k, c in rs])) if deliver is not None else None
+            for i, c in zip(slow, self.inner.generate([requests[i] for i in slow], progress, on_results=passed)):
                 out[i] = c
         return out  # type: ignore[return-value]
 

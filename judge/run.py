@@ -9,7 +9,6 @@ identical requests made under another rubric name.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any, Iterator
 
@@ -20,6 +19,7 @@ from backends import Backend, BackendError, CachedBackend, load_backend
 from backends.embedded import EMBEDDED_NAME
 from corpus import BatchWriter, Corpus, Flag, Judgment, Record, UserError, content_id
 from corpus.sqlcheck import where_query
+from corpus.progress import progress as progress_display
 
 from . import aggregate, pairwise
 from .calls import LLMTask, ask, to_records
@@ -28,7 +28,9 @@ from .render import pointwise_request
 from .rubric import JudgeSpec, Rubric, load_rubric
 from .verifiers import preflight, resolve_reward_model, run_verifier
 
-CHUNK = 256  # judge calls per batch between writes: a killed job loses at most one chunk
+# judge calls per batch between judgment writes; the calls themselves are saved as they arrive
+# (CachedBackend), so a killed job loses only those in flight and a rerun rebuilds the rest
+CHUNK = 256
 
 
 def judgment_id(fields: dict[str, Any]) -> str:
@@ -78,10 +80,12 @@ def hydrate(corpus: Corpus, cands: list[dict[str, Any]], ids: set[str]) -> None:
 class Judges:
     """The jury's backends, loaded only when there is LLM work to do (a cached rerun loads none)."""
 
-    def __init__(self, rubric: Rubric, corpus: Corpus, run_id: str, backend: Backend | None, prefix_reuse: bool):
+    def __init__(self, rubric: Rubric, corpus: Corpus, run_id: str, backend: Backend | None, prefix_reuse: bool,
+                 limits: dict[str, Any] | None = None):
         self.rubric, self.corpus, self.run_id = rubric, corpus, run_id
         self.given = backend
         self.prefix_reuse = prefix_reuse
+        self.limits = limits or {}  # --judge-timeout, --judge-max-prompt-bytes for the rubric's judges
         if backend is not None:
             inner = backend.inner if isinstance(backend, CachedBackend) else backend
             base = rubric.judges[0] if rubric.judges else JudgeSpec()
@@ -99,7 +103,11 @@ class Judges:
                 inner = self.given.inner if isinstance(self.given, CachedBackend) else self.given
                 if inner is None:
                     opts = {"base_url": spec.base_url, "api_key_env": spec.api_key_env} if spec.backend == "openai" else {}
+                    if spec.backend == "openai" and "timeout" in self.limits:
+                        opts["timeout"] = self.limits["timeout"]
                     inner = load_backend(spec.backend, spec.model, **opts)
+                    if "max_prompt_bytes" in self.limits:
+                        inner.max_prompt_bytes = self.limits["max_prompt_bytes"]
                 if self.prefix_reuse and inner.name == "hf" and hasattr(inner, "tokenizer"):
                     from .prefix_cache import PrefixReuseBackend
 
@@ -130,10 +138,12 @@ def pointwise_fields(rubric: Rubric, judges: Judges, cands: list[dict[str, Any]]
 
 
 def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backend: Backend | None = None,
-              progress: bool = True, prefix_reuse: bool = True, unsafe_exec: bool = False) -> dict[str, Any]:
+              progress: bool = True, prefix_reuse: bool = True, unsafe_exec: bool = False,
+              limits: dict[str, Any] | None = None) -> dict[str, Any]:
     """Judge the candidates (generations joined with prompts, filtered by `where`) under a rubric.
 
-    backend=None uses the rubric's judges. Returns a summary dict: judged, cached, parse
+    backend=None uses the rubric's judges; `limits` ({"timeout": s, "max_prompt_bytes": n},
+    from `backends.backend_limits`) apply to them. Returns a summary dict: judged, cached, parse
     failures, flags by kind, score distribution per criterion.
     """
     rubric = load_rubric(rubric_path)
@@ -152,7 +162,7 @@ def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backen
     if isolation:
         config.update(unsafe_exec=unsafe_exec, code_exec_isolation=isolation)
     with corpus.run("judge", config) as run:
-        judges = Judges(rubric, corpus, run.id, backend, prefix_reuse)
+        judges = Judges(rubric, corpus, run.id, backend, prefix_reuse, limits)
         try:
             summary = _judge(corpus, rubric, cands, judges, run.id, progress, unsafe_exec)
         except BackendError as e:
@@ -161,19 +171,6 @@ def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backen
             judges.close()
         run.summary = summary
     return summary
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, label: str) -> Iterator[Any]:
-    if not enabled or total == 0:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=False) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, run_id: str, progress: bool,
@@ -201,7 +198,7 @@ def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, ru
         hydrate(corpus, cands, touched)
         llm = [f for f in todo if not f["judge"].startswith("verifier:")]
         ver = [f for f in todo if f["judge"].startswith("verifier:")]
-        with _progress(progress, len(llm), f"judging {rubric.name} v{rubric.version}") as tick:
+        with progress_display(f"judging {rubric.name} v{rubric.version}", len(llm), progress) as tick:
             for start in range(0, len(llm), CHUNK):
                 chunk = llm[start : start + CHUNK]
                 tasks = [pairwise.task(rubric, judges, f) if rubric.mode != "pointwise" else _pointwise_task(rubric, judges, f)

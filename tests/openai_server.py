@@ -12,6 +12,8 @@ Usage (in a test, or in bench/generate.py):
                               # headers, fault, and monotonic times arrived/replied/finished)
         srv.count("hello")    # how many requests carried the prompt "hello"
         srv.max_in_flight     # the most requests the server handled at the same time
+        srv.answers_sent()    # the ledger: responses written whole (status 200 by default), e.g.
+                              # to count answers a killed client was sent and never saved
 
 Replies are deterministic: "echo: <last user message>", cut to `max_tokens` words (one word =
 one token, so usage counts are exact); `stop` strings cut the text; `reply=` (a dict prompt ->
@@ -43,7 +45,9 @@ careless server that the client must not let leak the key). `reject_max_tokens=T
 request carrying `max_tokens` with the 400 that OpenAI's reasoning models give ("use
 'max_completion_tokens' instead"). `latency_s` delays every answer.
 
-Standalone, for manual checks: `python tests/openai_server.py --port 8030 --latency 0.05`.
+Standalone, for manual checks: `python tests/openai_server.py --port 8030 --latency 0.05`;
+`--ledger FILE` appends one line per response written whole ("<status>\t<prompt>"), flushed as
+it goes, so a client in another process can be checked against what it was sent.
 
 For timings, run it in its own process: in-process, the server's threads and the client share
 one GIL and the client's figures come out skewed (here: +16% "overhead" in-process that was
@@ -128,9 +132,12 @@ class OpenAIServer:
     echo_auth: bool = False
     hang_s: float = 300.0
     port: int = 0
+    ledger_path: str | None = None
 
     def __post_init__(self) -> None:
         self.requests: list[SeenRequest] = []
+        self.ledger: list[tuple[int, str | None]] = []  # (status, prompt) of each response written whole
+        self._ledger_file = open(self.ledger_path, "a", encoding="utf-8") if self.ledger_path else None  # noqa: SIM115
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -165,6 +172,10 @@ class OpenAIServer:
             self._httpd.server_close()
         if self._thread:
             self._thread.join(timeout=5)
+        with self._lock:
+            if self._ledger_file:
+                self._ledger_file.close()
+                self._ledger_file = None
 
     def __enter__(self) -> "OpenAIServer":
         return self.start()
@@ -177,6 +188,18 @@ class OpenAIServer:
     def count(self, prompt: str | None = None) -> int:
         with self._lock:
             return sum(1 for r in self.requests if prompt is None or r.prompt == prompt)
+
+    def answers_sent(self, status: int | None = 200) -> int:
+        """Responses written whole with this status (None: any status)."""
+        with self._lock:
+            return sum(1 for st, _ in self.ledger if status is None or st == status)
+
+    def _sent(self, status: int, prompt: str | None) -> None:
+        with self._lock:
+            self.ledger.append((status, prompt))
+            if self._ledger_file:
+                self._ledger_file.write(f"{status}\t{json.dumps(prompt)}\n")
+                self._ledger_file.flush()
 
     def seen(self, prompt: str) -> list[SeenRequest]:
         with self._lock:
@@ -286,6 +309,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+        seen = getattr(self, "_seen", None)
+        if seen is not None:
+            self.wfile.flush()
+            self.srv._sent(status, seen.prompt)
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
@@ -373,13 +400,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_in_subprocess(latency_s: float = 0.0, faults: dict[str, list[str]] | None = None) -> Iterator[str]:
-    """This server in a child process on a free port; yields its base URL, stops it after."""
+def serve_in_subprocess(latency_s: float = 0.0, faults: dict[str, list[str]] | None = None,
+                        ledger: str | None = None) -> Iterator[str]:
+    """This server in a child process on a free port; yields its base URL, stops it after.
+    `ledger`: a file that gets one line per response written (see the module docstring)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    extra = ["--ledger", str(ledger)] if ledger else []
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--port", str(port), "--latency", str(latency_s), "--faults", json.dumps(faults or {})],
+        [sys.executable, __file__, "--port", str(port), "--latency", str(latency_s), "--faults", json.dumps(faults or {}), *extra],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -401,8 +431,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8030)
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
     ap.add_argument("--faults", default="{}", help='JSON, e.g. \'{"*": ["429:1", "500"]}\'')
+    ap.add_argument("--ledger", default=None, help="append '<status>\\t<prompt>' per response written to this file")
     a = ap.parse_args()
-    with OpenAIServer(faults=json.loads(a.faults), latency_s=a.latency, port=a.port) as srv:
+    with OpenAIServer(faults=json.loads(a.faults), latency_s=a.latency, port=a.port, ledger_path=a.ledger) as srv:
         print(f"serving {srv.base_url} (Ctrl-C to stop)", flush=True)
         try:
             threading.Event().wait()

@@ -150,3 +150,15 @@ def test_too_long_prompt_fails_alone(vllm_backend):
     assert out[1].finish_reason == "error" and out[1].permanent
     assert "maximum context length" in out[1].error
     assert sum(progress) == 2  # one tick per request, the rejected one included
+
+
+@needs_vllm
+def test_each_engine_batch_is_delivered_as_it_finishes(vllm_backend, monkeypatch):
+    """A long list goes to the engine in batches of the scheduler's size; each is handed to the
+    caller (the call cache saves it) before the next one runs."""
+    assert vllm_backend.batch_size() >= 1
+    monkeypatch.setattr(vllm_backend, "batch_size", lambda: 2)
+    got = []
+    out = vllm_backend.generate([ask(f"Say {w}.", temperature=0.0, max_new_tokens=3) for w in ("a", "b", "c")],
+                                on_results=lambda rs: got.append(sorted(i for i, _ in rs)))
+    assert got == [[0, 1], [2]] and all(c.ok for c in out)
