@@ -300,7 +300,9 @@ class ModelLoop:
         return rubric_with_reward_model(self.cfg.rubric, rms[0]["id"], self.workdir / f"round-{t}" / "rubric.yaml")
 
     def _eval(self, t: int, model_id: str, done: dict) -> dict[str, Any]:
-        base = done.get((0, "eval_base"), {}).get("per_prompt") if t >= 0 else None
+        """M_t on the held-out set, paired with M_0's replies from the round-0 'eval_base' stage
+        (t = -1: that stage itself)."""
+        base = None if t < 0 else done[(0, "eval_base")].get("per_prompt")
         return run_eval(self.corpus, model_id, self.eval_set, baseline=self.m0_id, judge=self.judge,
                         max_new_tokens=self.cfg.max_new_tokens, progress=self.progress, policy=self.cfg.policy,
                         trained_types=set(self.trained_types), baseline_per_prompt=base)
