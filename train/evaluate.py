@@ -59,12 +59,18 @@ def load_eval_prompts(path: str | Path, limit: int | None = None) -> list[dict[s
 
 
 def generate_replies(path: str, prompts: list[dict[str, Any]], max_new_tokens: int, batch_size: int = 16,
-                     policy: PolicyBackend | None = None, first: bool = False) -> list[str]:
+                     policy: PolicyBackend | None = None, first: bool = False, progress: bool = False) -> list[str]:
     """Greedy replies: an eval should not change between two runs of the same model."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     policy = policy or PolicyBackend()
-    with policy.open(path, first=first, batch_size=batch_size) as b:
+    with policy.open(path, first=first, batch_size=batch_size) as b, \
+            Progress(TextColumn("eval replies"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                     disable=not progress) as bar:
+        task = bar.add_task("eval", total=len(prompts))
         params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-        comps = b.generate([ChatRequest(messages=p["messages"], params=params) for p in prompts])
+        comps = b.generate([ChatRequest(messages=p["messages"], params=params) for p in prompts],
+                           progress=lambda k: bar.advance(task, k))
     failed = [c.error for c in comps if not c.ok]
     if failed and len(failed) == len(comps):
         hint = f"; {serve_hint(path)}" if policy.name == "openai" else ""
@@ -174,7 +180,7 @@ def run_eval(
         else:
             ps = load_eval_prompts(prompts, limit) if isinstance(prompts, (str, Path)) else list(prompts or [])[:limit]
             first = model_id == chain[-1]["id"]
-            ours = generate_replies(model_path, ps, max_new_tokens, batch_size, policy, first=first)
+            ours = generate_replies(model_path, ps, max_new_tokens, batch_size, policy, first=first, progress=progress)
             metrics.update(reply_metrics(ps, ours))
             metrics["prompts"] = len(ps)
             types = trained_types if trained_types is not None else _trained_types(chain)
@@ -182,7 +188,7 @@ def run_eval(
             base_rows = baseline_per_prompt
             if base_rows is None and baseline_id != model_id:
                 theirs = generate_replies(baseline_path, ps, max_new_tokens, batch_size, policy,
-                                          first=baseline_id == chain[-1]["id"])
+                                          first=baseline_id == chain[-1]["id"], progress=progress)
                 base_rows = per_prompt(ps, theirs, types)
             metrics.update(group_metrics(mine, base_rows if baseline_id != model_id else None))
             metrics["per_prompt"] = mine
