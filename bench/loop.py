@@ -32,7 +32,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 COMMON = dict(rubric="prompts/instructions.yaml", rounds=2, algos="dpo,grpo", heldout_types="include_word,ends_with", max_checks=1, temperature=1.0,
               lora=True, beta=None, epochs=1.0, max_steps=-1, batch_size=4, prompts_per_step=2, backend="hf",
-              eval_limit=None, min_margin=0.5, seed=0)
+              eval_limit=None, min_margin=0.5, seed=0, save_steps=2)
 PRESETS = {
     # the plumbing on a 2-layer random model: figures mean nothing, the run must finish
     # and a random model passes no instruction, so its judge is a regex it passes about half the time
@@ -103,7 +103,7 @@ def run_algo(algo: str, work: Path, prompts: Path, s: dict) -> dict:
                    beta=s["beta"], epochs=s["epochs"], max_steps=s["max_steps"], batch_size=s["batch_size"],
                    prompts_per_step=s["prompts_per_step"], filters_config=str(work / "filters.yaml"),
                    heldout_types=s["heldout_types"].split(",") if s["heldout_types"] else None,
-                   eval_limit=s["eval_limit"], seed=s["seed"], policy=PolicyBackend(s["backend"]), progress=True)
+                   eval_limit=s["eval_limit"], seed=s["seed"], save_steps=s["save_steps"], policy=PolicyBackend(s["backend"]), progress=True)
     wall = time.perf_counter() - t0
     _, rows = loop_rounds(corpus, out["loop_id"])
     plot_rounds(rows, str(work / f"{algo}.png"))
