@@ -110,10 +110,13 @@ def run_algo(algo: str, work: Path, prompts: Path, s: dict) -> dict:
     gen_tokens = corpus.query("SELECT coalesce(sum(completion_tokens), 0) AS n FROM generations")[0]["n"]
     grpo_tokens = sum(json.loads(m["metrics"]).get("rollout_tokens", 0)
                       for m in corpus.query("SELECT metrics FROM models WHERE kind = 'grpo'"))
+    # a resumed bench's wall time covers only its own invocation; the corpus knows every finished run's
+    recorded = corpus.query("SELECT coalesce(sum(epoch(ended_at - started_at)), 0) AS s FROM runs "
+                            "WHERE ended_at IS NOT NULL AND status = 'ok'")[0]["s"]
     stages = {(r["round"], r["stage"]): json.loads(r["result"]) for r in corpus.query(
         "SELECT round, stage, result FROM loop_stages WHERE loop_id = ?", [out["loop_id"]])}
     corpus.close()
-    return {"algo": algo, "rows": rows, "wall_s": wall, "tokens": gen_tokens + grpo_tokens, "grpo_tokens": grpo_tokens,
+    return {"algo": algo, "rows": rows, "wall_s": wall, "recorded_s": recorded, "tokens": gen_tokens + grpo_tokens, "grpo_tokens": grpo_tokens,
             "png": str(work / f"{algo}.png"), "stages": stages}
 
 
@@ -167,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     results = [run_algo(algo, work, prompts, s) for algo in s["algos"].split(",")]
     print(f"\nload average at the end {os.getloadavg()}; work folder {work}")
     for r in results:
-        print(f"\n== {r['algo']}: wall {r['wall_s'] / 60:.1f} min, generated tokens {r['tokens']} "
+        print(f"\n== {r['algo']}: wall {r['wall_s'] / 60:.1f} min (this invocation; all finished runs in the corpus: "
+              f"{r['recorded_s'] / 60:.1f} min), generated tokens {r['tokens']} "
               f"(of which GRPO rollouts {r['grpo_tokens']}); curve {r['png']}")
         print(f"{'M':>3} {'trained types pass':>24} {'vs M0':>26} {'held-out types pass':>24} {'vs M0':>26} {'words':>7}  note")
         for row in r["rows"]:
