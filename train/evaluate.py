@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from backends import Backend, ChatRequest, SamplingParams
+from backends import Backend, BackendError, ChatRequest, SamplingParams
 from corpus import Corpus, UserError
 from generate.sources import jsonl_records, record_to_prompt
 
@@ -69,8 +69,11 @@ def generate_replies(path: str, prompts: list[dict[str, Any]], max_new_tokens: i
                      disable=not progress) as bar:
         task = bar.add_task("eval", total=len(prompts))
         params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-        comps = b.generate([ChatRequest(messages=p["messages"], params=params) for p in prompts],
-                           progress=lambda k: bar.advance(task, k))
+        try:
+            comps = b.generate([ChatRequest(messages=p["messages"], params=params) for p in prompts],
+                               progress=lambda k: bar.advance(task, k))
+        except BackendError as e:  # a backend that dies as a whole (vLLM's engine): one line, the cause
+            raise UserError(f"eval: --backend {policy.name} failed on {path}: {e}") from e
     failed = [c.error for c in comps if not c.ok]
     if failed and len(failed) == len(comps):
         hint = f"; {serve_hint(path)}" if policy.name == "openai" else ""
