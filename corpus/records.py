@@ -199,7 +199,7 @@ class Release(Record):
 
 class ModelRecord(Record):
     table = "models"
-    json_fields = ("config", "metrics")
+    json_fields = ("config", "metrics", "reward")
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])
     parent_id: str | None = None
     kind: str
@@ -209,6 +209,8 @@ class ModelRecord(Record):
     config: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     run_id: str | None = None
+    algorithm: str | None = None       # m070: sft | rm | dpo | grpo | sft-rs
+    reward: dict[str, Any] | None = None  # m070: what the training optimised (rubric, weights, judge)
 
 
 RECORDS: dict[str, type[Record]] = {

@@ -133,3 +133,67 @@ def test_cli_prompts_writes_jsonl(shared_data, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert len(rows) == 5 and all(r["checks"] and r["messages"][0]["role"] == "user" for r in rows)
+
+
+def test_eval_groups_trained_and_heldout_types_with_intervals(corpus, tiny_model_dir, tmp_path):
+    """hf on the tiny model: the groups follow the trained types, every figure has an interval."""
+    from train.evaluate import run_eval
+
+    m = run_eval(corpus, str(tiny_model_dir), _eval_prompts(tmp_path), max_new_tokens=8, progress=False,
+                 trained_types={"bullet_count"})
+    assert (m["trained_n"], m["heldout_n"], m["all_n"]) == (1, 1, 2)  # the no-check prompt is in neither
+    for key in ("trained_pass", "heldout_pass", "words"):
+        lo_mid_hi = m[key]
+        assert lo_mid_hi[1] <= lo_mid_hi[0] <= lo_mid_hi[2]
+    assert len(m["per_prompt"]) == 3 and m["per_prompt"][2]["group"] is None
+
+
+def test_bootstrap_interval_and_paired_delta():
+    from train.heldout import delta_ci, group_metrics, mean_ci
+
+    m, lo, hi = mean_ci([1.0] * 30 + [0.0] * 70)
+    assert m == 0.3 and 0.2 < lo < 0.3 < hi < 0.4
+    assert mean_ci([1.0, 1.0]) == (1.0, 1.0, 1.0)
+    # a model that fixes 20 of 100 prompts and breaks none: the paired interval is above 0
+    d = delta_ci([1.0] * 20 + [0.0] * 80, [0.0] * 100)
+    assert d[0] == 0.2 and d[1] > 0.1
+    rows = [{"group": "trained", "pass": 1.0, "frac": 1.0, "words": 10}, {"group": "heldout", "pass": 0.0, "frac": 0.0, "words": 30}]
+    base = [{"group": "trained", "pass": 0.0, "frac": 0.0, "words": 5}, {"group": "heldout", "pass": 0.0, "frac": 0.0, "words": 30}]
+    g = group_metrics(rows, base)
+    assert g["trained_pass_delta"][0] == 1.0 and g["heldout_pass_delta"] == [0.0, 0.0, 0.0]
+    assert g["trained_words_ratio"] == 2.0 and g["verifier_win_rate"] == 0.75
+
+
+def test_cli_eval_through_a_served_endpoint(tiny_model_dir, tmp_path):
+    """`train eval --backend openai`: the real loopback server (echo replies) serves the model
+    under the name --served-model gives; nothing is loaded locally."""
+    from openai_server import serve_in_subprocess
+
+    from corpus import Corpus
+
+    Corpus(tmp_path / "c.duckdb").close()
+    p = tmp_path / "e.jsonl"
+    p.write_text(json.dumps({"prompt": "say hi", "checks": [{"type": "lowercase"}]}) + "\n"
+                 + json.dumps({"prompt": "Say, HI", "checks": [{"type": "no_commas"}]}) + "\n")
+    with serve_in_subprocess() as url:
+        r = subprocess.run([sys.executable, "-m", "train", "eval", "--db", str(tmp_path / "c.duckdb"), "--model",
+                            str(tiny_model_dir), "--prompts", str(p), "--backend", "openai", "--base-url", url,
+                            "--served-model", "served-m0", "--api-key-env", "NO_SUCH_KEY", "--trained-types", "lowercase"],
+                           capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr[-1500:]
+    # echo replies: "echo: say hi" is lowercase (trained type passes); "echo: Say, HI" has a comma
+    assert "trained_pass" in r.stdout and "1.000 [1.000, 1.000]" in r.stdout
+    assert "heldout_pass" in r.stdout and "0.000 [0.000, 0.000]" in r.stdout
+    row = Corpus(tmp_path / "c.duckdb").query("SELECT metrics FROM model_evals")[0]
+    assert json.loads(row["metrics"])["trained_n"] == 1
+
+
+def test_cli_eval_openai_without_base_url_is_one_line_exit_2(tiny_model_dir, tmp_path):
+    from corpus import Corpus
+
+    Corpus(tmp_path / "c.duckdb").close()
+    (tmp_path / "e.jsonl").write_text('{"prompt": "hi"}\n')
+    r = subprocess.run([sys.executable, "-m", "train", "eval", "--db", str(tmp_path / "c.duckdb"), "--model",
+                        str(tiny_model_dir), "--prompts", str(tmp_path / "e.jsonl"), "--backend", "openai"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "--base-url" in r.stderr and "Traceback" not in r.stderr

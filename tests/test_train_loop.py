@@ -64,8 +64,10 @@ def _loop(tmp: Path, model: Path, *extra: str, kill: str | None = None) -> subpr
         env["RLAIF_LOOP_KILL_AT"] = kill
     cmd = [sys.executable, "-m", "train", "loop", "--db", str(tmp / "c.duckdb"), "--prompts", str(tmp / "prompts.jsonl"),
            "--rubric", str(tmp / "rubric.yaml"), "--filters-config", str(tmp / "filters.yaml"), "--base", str(model),
-           "--rounds", "2", "--n", "3", "--max-new-tokens", "8", "--max-steps", "2", "--batch-size", "2",
+           "--n", "3", "--max-new-tokens", "8", "--max-steps", "2", "--batch-size", "2",
            "--max-length", "64", "--save-steps", "1", *extra]
+    if "--rounds" not in extra:
+        cmd += ["--rounds", "2"]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
 
 
@@ -145,3 +147,27 @@ def test_reward_model_joins_the_jury_and_scores_candidates(corpus, tiny_model_di
     assert len(rows) == n_gens == 8
     assert all(0.0 < r["score"] < 1.0 for r in rows)
     assert len({round(r["score"], 6) for r in rows}) > 1  # it tells replies apart
+
+
+def test_grpo_loop_survives_sigkill_inside_training_and_resumes(loop_files, tiny_model_dir):
+    """Round 0 trains with GRPO; SIGKILL right after its first checkpoint; the same command resumes
+    from that checkpoint, and the model is registered as GRPO with the rubric as its reward."""
+    from corpus import Corpus
+
+    tmp = loop_files
+    args = ("--auto-release", "--algo", "grpo", "--rounds", "1", "--prompts-per-step", "1")
+    r = _loop(tmp, tiny_model_dir, *args, kill="0:train:1")
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    c = Corpus(tmp / "c.duckdb")
+    done = {(x["round"], x["stage"]) for x in c.query("SELECT round, stage FROM loop_stages WHERE status = 'done'")}
+    assert (0, "review") in done and (0, "train") not in done
+    c.close()
+    r = _loop(tmp, tiny_model_dir, *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    c = Corpus(tmp / "c.duckdb")
+    train = json.loads(c.query("SELECT result FROM loop_stages WHERE stage = 'train'")[0]["result"])
+    m = c.query("SELECT * FROM models WHERE id = ?", [train["model_id"]])[0]
+    assert m["kind"] == "grpo" and m["algorithm"] == "grpo"
+    assert json.loads(m["metrics"])["resumed_from"].endswith("checkpoint-1")
+    assert json.loads(m["metrics"])["steps"] == 2
+    assert [x["criterion"] for x in json.loads(m["reward"])["criteria"]] == ["starts_early"]

@@ -37,6 +37,26 @@ def build_parser() -> ArgumentParser:
     _add_train_parser(sub, "sft", "supervised fine-tuning on a release's accepted SFT rows")
     _add_train_parser(sub, "rm", "a reward model on a release's preference pairs")
     _add_train_parser(sub, "dpo", "DPO on a release's preference pairs (the base is the reference)")
+    p = sub.add_parser("grpo", help="GRPO (TRL) with a rubric's criteria as reward functions")
+    p.add_argument("--db", required=True, help="corpus file")
+    p.add_argument("--rubric", required=True, help="rubric YAML: verifiers, a reward_model criterion, LLM criteria, weighted")
+    p.add_argument("--prompts", default=None, help="prompts JSONL (meta.checks etc. reach the verifiers); default: the release's pair prompts")
+    p.add_argument("--release", default=None, help="release id whose pair prompts to train on (default: the latest released)")
+    p.add_argument("--base", default=None, help="model folder, registered model id, hub id, or 'embedded' (default)")
+    p.add_argument("--out", required=True, help="folder for the trained model (and its checkpoints)")
+    p.add_argument("--num-generations", type=int, default=4, help="replies per prompt, the group (default 4)")
+    p.add_argument("--prompts-per-step", type=int, default=2, help="prompts per optimizer step (default 2)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="reply length cap (default 128)")
+    p.add_argument("--temperature", type=float, default=0.8, help="rollout temperature (default 0.8)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-6; 1e-5 with --lora)")
+    p.add_argument("--beta", type=float, default=0.0, help="KL weight to the starting model (default 0)")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved model)")
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after N steps (default: --epochs decide)")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the prompts (default 1)")
+    p.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (default 50)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    add_backend_args(p, prefix="judge-")  # the LLM judge for the rubric's LLM criteria
+
     p = sub.add_parser("prompts", help="synthesize checkable-instruction prompts from base prompts + templates")
     p.add_argument("--base", nargs="+", required=True, help="base prompt JSONL file(s): Arena-Hard, Self-Instruct, {prompt} or {messages}")
     p.add_argument("--n", type=int, required=True, help="how many prompts to make")
@@ -46,7 +66,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-checks", type=int, default=2, help="instructions per prompt, at most (default 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
-    p = sub.add_parser("eval", help="win rate vs the base model, verifier pass rates, length; rm accuracy")
+    # resolve: eval's own --model (the model to measure) and --batch-size replace the backend flags' ones
+    p = sub.add_parser("eval", help="held-out pass rates (trained / held-out check types) with 95% CIs, length, win rate; rm accuracy",
+                       conflict_handler="resolve")
+    add_backend_args(p)  # how the model's replies are generated: hf (default), vllm, or openai
+    p.add_argument("--served-model", default=None, help="openai backend: the name the server serves the base model under "
+                   "(default: its folder path, as `vllm serve FOLDER` names it)")
     p.add_argument("--db", required=True, help="corpus file")
     p.add_argument("--model", required=True, help="registered model id (or a model folder)")
     p.add_argument("--prompts", default=None, help="eval prompts JSONL (checks in 'checks' or meta.checks)")
@@ -54,10 +79,19 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--pairs", default=None, help="reward model: held-out pairs JSONL {prompt, chosen, rejected} (default: corpus pairs outside its release)")
     p.add_argument("--limit", type=int, default=None, help="use the first N prompts / pairs")
     p.add_argument("--max-new-tokens", type=int, default=128, help="reply length cap (default 128)")
-    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default 16)")
+    p.add_argument("--trained-types", default=None, help="check types the model was trained on, comma-separated "
+                   "(default: from the model's lineage); the rest are reported as held-out types")
     add_backend_args(p, prefix="judge-")  # name --judge-model/--judge-backend for an LLM win-rate judge
 
-    p = sub.add_parser("loop", help="generate -> judge -> filter -> review -> DPO -> eval, K rounds; resumable")
+    # resolve: the loop's --batch-size is the training batch; the backend's is --gen-batch-size
+    p = sub.add_parser("loop", help="generate -> judge -> filter -> review -> DPO|GRPO|SFT -> eval, K rounds; resumable",
+                       conflict_handler="resolve")
+    add_backend_args(p)  # rollouts and eval: hf (default), vllm, or openai (a server the user points at each round's model)
+    p.add_argument("--gen-batch-size", type=int, default=16, help="sequences per forward batch for rollouts/eval (hf)")
+    p.add_argument("--algo", default="dpo", choices=("dpo", "grpo", "sft"),
+                   help="dpo (default), grpo (rubric as reward functions), sft (rejection sampling)")
+    p.add_argument("--heldout-types", default=None, help="check types never trained on, comma-separated: held out for eval")
+    p.add_argument("--prompts-per-step", type=int, default=2, help="GRPO: prompts per step (--n replies each)")
     p.add_argument("--db", required=True, help="corpus file")
     p.add_argument("--prompts", required=True, help="training prompts JSONL (e.g. from `python -m train prompts --out`)")
     p.add_argument("--rubric", required=True, help="judge rubric YAML, e.g. prompts/instructions.yaml")
@@ -79,7 +113,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--epochs", type=float, default=1.0, help="DPO epochs per round (default 1)")
     p.add_argument("--batch-size", type=int, default=4, help="DPO batch size (default 4)")
     p.add_argument("--lr", type=float, default=None, help="DPO learning rate (default 5e-6; 5e-5 with --lora)")
-    p.add_argument("--beta", type=float, default=0.1, help="DPO beta (default 0.1)")
+    p.add_argument("--beta", type=float, default=None, help="DPO beta (default 0.1); GRPO KL weight (default 0)")
     p.add_argument("--max-length", type=int, default=512, help="tokens per training row (default 512)")
     p.add_argument("--save-steps", type=int, default=50, help="checkpoint every N training steps (default 50)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -99,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args, argv)
     if args.cmd == "prompts":
         return _prompts(args, argv)
+    if args.cmd == "grpo":
+        return _grpo(args, argv)
     if args.cmd == "eval":
         return _eval(args, argv)
     if args.cmd == "loop":
@@ -146,6 +182,37 @@ def _train(args, argv: list[str]) -> int:  # noqa: ANN001
     return 0
 
 
+def _grpo(args, argv: list[str]) -> int:  # noqa: ANN001
+    from .grpo import GRPOOptions
+    from .loop import run_grpo
+    from .registry import get_model
+
+    opts = GRPOOptions(num_generations=args.num_generations, prompts_per_step=args.prompts_per_step,
+                       max_completion_length=args.max_new_tokens, temperature=args.temperature, lr=args.lr,
+                       beta=args.beta, max_steps=args.max_steps, epochs=args.epochs, lora=args.lora,
+                       save_steps=args.save_steps)
+    corpus = Corpus(args.db, create=False)
+    model_id = run_grpo(corpus, args.rubric, prompts=args.prompts, release=args.release, base=args.base, out=args.out,
+                        judge=_judge_if_named(args, argv), opts=opts, resume=args.resume, argv=["train", *argv])
+    row = get_model(corpus, model_id) or {}
+    import json
+
+    m = json.loads(row["metrics"]) if isinstance(row.get("metrics"), str) else (row.get("metrics") or {})
+    print(f"grpo {model_id}: {m.get('steps')} steps, reward {m.get('first_reward', float('nan')):.3f} -> "
+          f"{m.get('final_reward', float('nan')):.3f}, {m.get('rollout_tokens')} rollout tokens; saved to {row.get('path')}")
+    return 0
+
+
+def _policy(args) -> "PolicyBackend":  # noqa: ANN001, F821
+    from .policy import PolicyBackend
+
+    # eval: --model is the model to measure, so M0's served name is --served-model
+    served = getattr(args, "served_model", None) if hasattr(args, "served_model") else args.model
+    return PolicyBackend(name=args.backend, served_model=served if args.backend == "openai" else None,
+                         base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency,
+                         batch_size=getattr(args, "gen_batch_size", args.batch_size), device=args.device)
+
+
 def _prompts(args, argv: list[str]) -> int:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
@@ -175,16 +242,19 @@ def _eval(args, argv: list[str]) -> int:  # noqa: ANN001
     corpus = Corpus(args.db, create=False)
     # an LLM win-rate judge only when named: the default model is the usual label judge
     judge = _judge_if_named(args, argv) if args.prompts else None
+    types = {t.strip() for t in args.trained_types.split(",") if t.strip()} if args.trained_types else None
     m = run_eval(corpus, args.model, args.prompts, baseline=args.baseline, judge=judge, pairs=args.pairs,
                  limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                 argv=["train", *argv])
+                 argv=["train", *argv], policy=_policy(args), trained_types=types)
     table = Table(title=f"eval {m['model_id']} vs {m['baseline_id']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in m.items():
-        if k in ("model_id", "baseline_id"):
+        if k in ("model_id", "baseline_id", "per_prompt"):
             continue
-        if isinstance(v, dict):
+        if isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v):
+            v = f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+        elif isinstance(v, dict):
             v = ", ".join(f"{a} {b:.2f}" for a, b in v.items())
         table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     Console().print(table)
@@ -214,6 +284,8 @@ def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
         threshold=args.threshold, min_reviews=args.min_reviews, filters_config=args.filters_config,
         train_rm=args.train_rm, lora=args.lora, max_steps=args.max_steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, beta=args.beta, max_length=args.max_length, save_steps=args.save_steps, seed=args.seed,
+        algo=args.algo, prompts_per_step=args.prompts_per_step, policy=_policy(args),
+        heldout_types=[t.strip() for t in args.heldout_types.split(",") if t.strip()] if args.heldout_types else None,
     )
     console = Console()
     loop_id, rows = loop_rounds(corpus, out["loop_id"])

@@ -153,3 +153,23 @@ def hh_dialogue(text: str) -> list[dict[str, str]]:
     if not msgs or msgs[-1]["role"] != "user":
         msgs = msgs or [{"role": "user", "content": text.strip()}]
     return msgs
+
+
+def release_prompts(corpus: Corpus, release: str | None, generated_by: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """(release id, [{id, messages, meta}]): the prompts of a release's preference pairs, which are
+    the prompts whose candidates the judge told apart. GRPO learns only where a group of replies
+    differs in reward, so these are the prompts worth its rollouts. `generated_by` keeps prompts
+    with a pair holding that model's replies (the round's own policy)."""
+    rel = resolve_release(corpus, release)
+    recs = corpus.query(
+        """
+        SELECT DISTINCT p.id, p.messages, p.meta FROM release_items ri
+        JOIN pairs pr ON pr.id = ri.item_id JOIN prompts p ON p.id = pr.prompt_id
+        JOIN generations c ON c.id = pr.chosen_id JOIN generations r ON r.id = pr.rejected_id
+        WHERE ri.release_id = ? AND ri.kind = 'pair' AND (? IS NULL OR c.model = ? OR r.model = ?)
+        ORDER BY p.id
+        """,
+        [rel["id"], generated_by, generated_by, generated_by],
+    )
+    return rel["id"], [{"id": r["id"], "messages": _messages(r["messages"]),
+                        "meta": json.loads(r["meta"]) if isinstance(r["meta"], str) else (r["meta"] or {})} for r in recs]

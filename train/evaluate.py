@@ -15,11 +15,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from backends import Backend, ChatRequest, SamplingParams
+from backends import Backend, BackendError, ChatRequest, SamplingParams
 from corpus import Corpus, UserError
 from generate.sources import jsonl_records, record_to_prompt
 
 from .checks import pass_fraction, run_checks, validate_check
+from .heldout import group_metrics, per_prompt
+from .policy import PolicyBackend, serve_hint
 from .records import ModelEval
 from .registry import get_model, lineage, resolve_base
 
@@ -56,13 +58,26 @@ def load_eval_prompts(path: str | Path, limit: int | None = None) -> list[dict[s
     return out
 
 
-def generate_replies(path: str, prompts: list[dict[str, Any]], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+def generate_replies(path: str, prompts: list[dict[str, Any]], max_new_tokens: int, batch_size: int = 16,
+                     policy: PolicyBackend | None = None, first: bool = False, progress: bool = False) -> list[str]:
     """Greedy replies: an eval should not change between two runs of the same model."""
-    from backends import load_backend
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with load_backend("hf", path, batch_size=batch_size) as b:
+    policy = policy or PolicyBackend()
+    with policy.open(path, first=first, batch_size=batch_size) as b, \
+            Progress(TextColumn("eval replies"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                     disable=not progress) as bar:
+        task = bar.add_task("eval", total=len(prompts))
         params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-        comps = b.generate([ChatRequest(messages=p["messages"], params=params) for p in prompts])
+        try:
+            comps = b.generate([ChatRequest(messages=p["messages"], params=params) for p in prompts],
+                               progress=lambda k: bar.advance(task, k))
+        except BackendError as e:  # a backend that dies as a whole (vLLM's engine): one line, the cause
+            raise UserError(f"eval: --backend {policy.name} failed on {path}: {e}") from e
+    failed = [c.error for c in comps if not c.ok]
+    if failed and len(failed) == len(comps):
+        hint = f"; {serve_hint(path)}" if policy.name == "openai" else ""
+        raise UserError(f"eval: every reply of {policy.model_name(path, first)} failed ({failed[0][:160]}){hint}")
     return [c.text for c in comps]
 
 
@@ -138,9 +153,15 @@ def run_eval(
     corpus: Corpus, model: str, prompts: str | Path | list[dict[str, Any]] | None = None, *,
     baseline: str | None = None, judge: Backend | None = None, pairs: str | None = None,
     limit: int | None = None, max_new_tokens: int = 128, batch_size: int = 16,
-    progress: bool = True, argv: list[str] | None = None,
+    progress: bool = True, argv: list[str] | None = None, policy: PolicyBackend | None = None,
+    trained_types: set[str] | None = None, baseline_per_prompt: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Measure `model` (a models.id, folder or 'embedded') and store a model_evals row."""
+    """Measure `model` (a models.id, folder or 'embedded') and store a model_evals row.
+
+    With `trained_types` (the check types the model was trained on; default: its config's), the
+    prompts fall into trained-type and held-out-type groups, each reported with 95% bootstrap
+    intervals. `baseline_per_prompt` (an earlier eval's `per_prompt`) pairs the comparison with
+    the baseline without generating its replies again (the loop measures M_0 once)."""
     model_id, model_path = resolve_base(corpus, model, flag="--model")
     row = get_model(corpus, model_id) or {}
     chain = lineage(corpus, model_id)
@@ -161,25 +182,45 @@ def run_eval(
             metrics.update(_rm_metrics(corpus, model_path, row, pairs, limit))
         else:
             ps = load_eval_prompts(prompts, limit) if isinstance(prompts, (str, Path)) else list(prompts or [])[:limit]
-            ours = generate_replies(model_path, ps, max_new_tokens, batch_size)
+            first = model_id == chain[-1]["id"]
+            ours = generate_replies(model_path, ps, max_new_tokens, batch_size, policy, first=first, progress=progress)
             metrics.update(reply_metrics(ps, ours))
             metrics["prompts"] = len(ps)
-            if baseline_id != model_id:
-                theirs = generate_replies(baseline_path, ps, max_new_tokens, batch_size)
+            types = trained_types if trained_types is not None else _trained_types(chain)
+            mine = per_prompt(ps, ours, types)
+            base_rows = baseline_per_prompt
+            if base_rows is None and baseline_id != model_id:
+                theirs = generate_replies(baseline_path, ps, max_new_tokens, batch_size, policy,
+                                          first=baseline_id == chain[-1]["id"], progress=progress)
+                base_rows = per_prompt(ps, theirs, types)
+            metrics.update(group_metrics(mine, base_rows if baseline_id != model_id else None))
+            metrics["per_prompt"] = mine
+            if baseline_id != model_id and baseline_per_prompt is None:
                 metrics.update(reply_metrics(ps, theirs, prefix="baseline_"))
                 metrics["verifier_win_rate"] = verifier_win_rate(ps, ours, theirs)
                 if judge is not None:
                     metrics.update(judge_win_rate(judge, ps, ours, theirs))
-                metrics["win_rate"] = metrics.get("judge_win_rate", metrics["verifier_win_rate"])
+            if baseline_id != model_id:
+                metrics["win_rate"] = metrics.get("judge_win_rate", metrics.get("verifier_win_rate"))
         rec = ModelEval(model_id=model_id, baseline_id=baseline_id, prompts=prompt_label or pairs,
                         judge=metrics.get("judge"), metrics=metrics, run_id=run.id)
         corpus.insert([rec], replace=True)
         if row:  # the latest eval also lands in models.metrics, beside the training figures
             old = json.loads(row["metrics"]) if isinstance(row.get("metrics"), str) else (row.get("metrics") or {})
             corpus.execute("UPDATE models SET metrics = ? WHERE id = ?",
-                           [json.dumps({**old, "eval": {k: v for k, v in metrics.items() if k != "model_id"}}), model_id])
-        run.summary = metrics
+                           [json.dumps({**old, "eval": {k: v for k, v in metrics.items() if k not in ("model_id", "per_prompt")}}), model_id])
+        run.summary = {k: v for k, v in metrics.items() if k != "per_prompt"}
     return metrics
+
+
+def _trained_types(chain: list[dict[str, Any]]) -> set[str] | None:
+    """The check types a model (or any of its ancestors) was trained on, from their configs."""
+    found: set[str] = set()
+    for m in chain:
+        cfg = m.get("config")
+        cfg = json.loads(cfg) if isinstance(cfg, str) else (cfg or {})
+        found |= set(cfg.get("trained_types") or [])
+    return found or None
 
 
 def _rm_metrics(corpus: Corpus, path: str, row: dict[str, Any], pairs: str | None, limit: int | None) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """The model-trains-model loop: round t turns M_t into M_{t+1}.
 
-    generate (M_t samples) -> judge (rubric; the latest reward model joins the jury) -> filter
-    -> review gate (stops for reviewers unless auto-release) -> [rm] -> DPO (M_t is the reference)
-    -> eval (win rate vs M_0, verifier pass rates, length) -> next round
+    generate (M_t samples, on any backend) -> judge (rubric; the latest reward model joins the
+    jury) -> filter -> review gate (stops for reviewers unless auto-release) -> [rm]
+    -> train (--algo dpo: M_t's pairs, M_t the reference | grpo: the rubric as reward functions,
+       on the prompts whose candidates the judge told apart | sft: rejection sampling, M_t's
+       accepted replies) -> eval (held-out prompts: trained and unseen check types, length)
 
 This is the one module of a stage package allowed to call the other stages (their public
 functions). Every finished stage is a `loop_stages` row, and every stage is idempotent (content
@@ -13,6 +15,7 @@ the first unfinished stage of the unfinished round and redoes nothing that finis
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from dataclasses import asdict, dataclass, field
@@ -24,10 +27,15 @@ import yaml
 from backends import Backend, SamplingParams, load_backend
 from corpus import Corpus, UserError, content_id
 
+from .data import release_prompts, training_set
 from .evaluate import run_eval
+from .grpo import GRPOOptions, completion_text, train_grpo
+from .policy import PolicyBackend, serve_hint
 from .records import Loop, LoopStage
-from .registry import get_model, resolve_base
+from .registry import get_model, resolve_base, set_training
 from .trainers import train_model
+
+ALGOS = ("dpo", "grpo", "sft")
 
 # The fault-injection hook of the SIGKILL test: "ROUND:STAGE" kills this process just before the
 # stage starts, "ROUND:train:STEP" right after training step STEP is checkpointed.
@@ -55,15 +63,28 @@ class LoopConfig:
     epochs: float = 1.0
     batch_size: int = 4
     lr: float | None = None
-    beta: float = 0.1
+    beta: float | None = None
     max_length: int = 512
     save_steps: int = 50
     eval_limit: int | None = None
     seed: int = 0
+    algo: str = "dpo"
+    heldout_types: list[str] | None = None
+    prompts_per_step: int = 2
+    policy: PolicyBackend = field(default_factory=PolicyBackend)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise UserError(f"--rounds {self.rounds}: run at least one round")
+        if self.algo not in ALGOS:
+            raise UserError(f"--algo {self.algo}: choose one of {', '.join(ALGOS)}")
+        if self.algo == "grpo" and self.n < 2:
+            raise UserError(f"--n {self.n}: GRPO compares a group of replies per prompt; use 2 or more")
+        from .checks import CHECKS
+
+        bad = [t for t in self.heldout_types or [] if t not in CHECKS]
+        if bad:
+            raise UserError(f"--heldout-types {','.join(bad)}: unknown check type; types are {', '.join(CHECKS)}")
         for flag, path in (("--prompts", self.prompts), ("--rubric", self.rubric), ("--eval-prompts", self.eval_prompts),
                            ("--filters-config", self.filters_config)):
             if path is not None and not Path(path).exists():
@@ -103,6 +124,94 @@ def rubric_with_reward_model(rubric: str, rm_id: str, out: Path) -> str:
     return str(out)
 
 
+def rubric_rewards(corpus: Corpus, rubric_path: str, judge: Backend | None = None
+                   ) -> tuple[list[Callable[..., list]], list[float], dict[str, Any], Callable[[], None]]:
+    """A rubric as GRPO reward functions `fn(prompts, completions, meta=..., **kw) -> [float | None]`,
+    one per criterion, weighted as the rubric says (weights scaled to sum to 1, so the total is
+    the rubric's weighted score in [0, 1]): verifiers through the judge's own verifier functions,
+    a reward_model criterion through the registered model (sigmoid of its logit), LLM criteria
+    through `judge` or the rubric's first judge, on any backend. Returns (funcs, weights,
+    definition to store with the model, close)."""
+    from judge import load_rubric
+    from judge.parse import parse_pointwise
+    from judge.render import pointwise_request
+    from judge.verifiers import resolve_reward_model, run_verifier
+
+    from .reward import RewardScorer
+
+    rubric = load_rubric(rubric_path)
+    crits = [c for c in rubric.criteria if c.weight > 0]
+    if not crits:
+        raise UserError(f"{rubric_path}: every criterion has weight 0; GRPO needs something to reward")
+    owned: list[Backend] = []
+    llm: Backend | None = judge
+
+    def items(prompts: list, meta: list | None) -> list[tuple[dict[str, Any], str]]:
+        metas = [json.loads(m) if isinstance(m, str) else (m or {}) for m in (meta or [None] * len(prompts))]
+        return [{"messages": p, "meta": m} for p, m in zip(prompts, metas)]  # type: ignore[misc]
+
+    def verifier_fn(c: Any) -> Callable[..., list]:
+        def fn(prompts, completions, meta=None, **kw):  # noqa: ANN001, ANN202
+            rows = [(p, completion_text(x)) for p, x in zip(items(prompts, meta), completions)]
+            return [r.score for r in run_verifier(c.verifier, rows, corpus)]
+        return fn
+
+    def rm_fn(c: Any) -> Callable[..., list]:
+        row = resolve_reward_model(corpus, c.verifier.model)
+        scorer = RewardScorer(row["path"])
+
+        def fn(prompts, completions, **kw):  # noqa: ANN001, ANN202
+            convs = [list(p) + [{"role": "assistant", "content": completion_text(x)}] for p, x in zip(prompts, completions)]
+            return [1 / (1 + math.exp(-v)) for v in scorer.score(convs)]
+        return fn
+
+    def llm_fn(c: Any) -> Callable[..., list]:
+        nonlocal llm
+        spec = rubric.judges[0] if rubric.judges else None
+        if llm is None:
+            if spec is None:
+                raise UserError(f"{rubric_path}: criterion {c.name} is an LLM criterion but the rubric has no judges "
+                                "and no --judge-model was given")
+            opts = {"base_url": spec.base_url, "api_key_env": spec.api_key_env} if spec.backend == "openai" else {}
+            llm = load_backend(spec.backend, spec.model, **opts)
+            owned.append(llm)
+        from judge.rubric import JudgeSpec
+
+        jspec = spec or JudgeSpec()
+
+        def fn(prompts, completions, **kw):  # noqa: ANN001, ANN202
+            reqs = [pointwise_request(rubric, c, jspec, list(p), completion_text(x)) for p, x in zip(prompts, completions)]
+            out: list[float | None] = []
+            for comp in llm.generate(reqs):  # type: ignore[union-attr]
+                parsed = parse_pointwise(comp.text, c.lo, c.hi) if comp.ok else None
+                ok = parsed is not None and parsed.ok and parsed.verdict
+                out.append((parsed.verdict["score"] - c.lo) / (c.hi - c.lo) if ok else None)  # type: ignore[union-attr,index]
+            return out
+        return fn
+
+    funcs, parts = [], []
+    for c in crits:
+        if c.kind == "verifier" and c.verifier.type == "reward_model":
+            fn = rm_fn(c)
+        elif c.kind == "verifier":
+            fn = verifier_fn(c)
+        else:
+            fn = llm_fn(c)
+        fn.__name__ = c.name
+        funcs.append(fn)
+        parts.append({"criterion": c.name, "kind": c.kind, "type": c.verifier.type if c.verifier else "llm", "weight": c.weight})
+    total = sum(p["weight"] for p in parts)
+    weights = [p["weight"] / total for p in parts]
+    definition = {"rubric_name": rubric.name, "rubric_hash": rubric.rubric_hash, "criteria": parts,
+                  "judge": f"{llm.name}:{llm.model_id}" if llm is not None else None}
+
+    def close() -> None:
+        for b in owned:
+            b.close()
+
+    return funcs, weights, definition, close
+
+
 class ModelLoop:
     def __init__(self, corpus: Corpus, cfg: LoopConfig, judge: Backend | None = None, progress: bool = True,
                  say: Callable[[str], None] = print):
@@ -110,7 +219,7 @@ class ModelLoop:
         self.m0_id, self.m0_path = resolve_base(corpus, cfg.base)
         self.workdir = Path(cfg.workdir or Path(corpus.path).with_suffix("").as_posix() + "-loop").resolve()
         ident = {"prompts": str(Path(cfg.prompts).resolve()), "rubric": str(Path(cfg.rubric).resolve()),
-                 "base": self.m0_id, "workdir": str(self.workdir)}
+                 "base": self.m0_id, "workdir": str(self.workdir), "algo": cfg.algo}
         self.loop_id = "loop-" + content_id("loop", ident)[:12]
         corpus.insert([Loop(id=self.loop_id, config={**asdict(cfg), **ident}, base_model_id=self.m0_id)])
         self.train_prompts, self.eval_set = self._split_prompts()
@@ -133,19 +242,43 @@ class ModelLoop:
     # -- prompts -------------------------------------------------------------------------------
 
     def _split_prompts(self) -> tuple[list[Any], list[dict[str, Any]]]:
-        """Train on most prompts, measure on the rest: a held-out fifth, by prompt id, unless
-        --eval-prompts names a separate file."""
+        """Train on most prompts, measure on prompts never trained on: prompts with a check type in
+        --heldout-types are all held out (forgetting shows there), and a fifth of the base
+        prompts (meta.base, else the prompt id) is held out with every instruction attached to
+        it, so the trained-type eval asks about unseen base prompts. --eval-prompts replaces the
+        fifth with a separate file."""
         from generate import load_prompts
 
         prompts, _ = load_prompts(self.cfg.prompts)
+        hold_types = set(self.cfg.heldout_types or [])
+
+        def types(p: Any) -> set[str]:
+            return {c["type"] for c in (p.meta.get("checks") or [])}
+
+        def held_base(p: Any) -> bool:
+            key = str(p.meta.get("base") or p.id)
+            return int(content_id("heldout", key)[:8], 16) % 5 == 0
+
         if self.cfg.eval_prompts:
             held, _ = load_prompts(self.cfg.eval_prompts)
-            train = prompts
+            train = [p for p in prompts if not types(p) & hold_types]
         else:
-            held = [p for p in prompts if int(p.id[:8], 16) % 5 == 0] or prompts[:1]
+            held = [p for p in prompts if held_base(p) or types(p) & hold_types]
+            held = held or sorted(prompts, key=lambda p: p.id)[:1]  # a tiny file: measure on one prompt
             ids = {p.id for p in held}
-            train = [p for p in prompts if p.id not in ids] or prompts
-        ev = [{"messages": p.messages, "checks": p.meta.get("checks") or []} for p in held][: self.cfg.eval_limit]
+            train = [p for p in prompts if p.id not in ids]
+            if not train:
+                raise UserError(f"--prompts {self.cfg.prompts}: every prompt is held out; give more prompts or fewer --heldout-types")
+        self.trained_types = sorted(set().union(*(types(p) for p in train)))
+        ev = [{"messages": p.messages, "checks": p.meta.get("checks") or []} for p in held]
+        limit = self.cfg.eval_limit
+        if limit:  # cap each group, so the held-out types are not crowded out
+            from .heldout import prompt_group
+
+            groups: dict[Any, list[dict[str, Any]]] = {}
+            for e in ev:
+                groups.setdefault(prompt_group(e["checks"], set(self.trained_types)), []).append(e)
+            ev = [e for g in groups.values() for e in g[:limit]]
         return train, ev
 
     # -- the stages ----------------------------------------------------------------------------
@@ -166,6 +299,14 @@ class ModelLoop:
             return self.cfg.rubric
         return rubric_with_reward_model(self.cfg.rubric, rms[0]["id"], self.workdir / f"round-{t}" / "rubric.yaml")
 
+    def _eval(self, t: int, model_id: str, done: dict) -> dict[str, Any]:
+        """M_t on the held-out set, paired with M_0's replies from the round-0 'eval_base' stage
+        (t = -1: that stage itself)."""
+        base = None if t < 0 else done[(0, "eval_base")].get("per_prompt")
+        return run_eval(self.corpus, model_id, self.eval_set, baseline=self.m0_id, judge=self.judge,
+                        max_new_tokens=self.cfg.max_new_tokens, progress=self.progress, policy=self.cfg.policy,
+                        trained_types=set(self.trained_types), baseline_per_prompt=base)
+
     def run_stage(self, t: int, stage: str, done: dict) -> dict[str, Any]:
         from filters import run_filters
         from generate import run_generate
@@ -174,15 +315,19 @@ class ModelLoop:
 
         cfg = self.cfg
         mid, mpath = self.model_at(t, done)
-        where = f"g.model = '{mpath.replace(chr(39), chr(39) * 2)}'"
         if stage == "eval_base":
-            return run_eval(self.corpus, self.m0_id, self.eval_set, baseline=self.m0_id,
-                            max_new_tokens=cfg.max_new_tokens, progress=self.progress)
+            return {**self._eval(-1, self.m0_id, done), "trained_types": self.trained_types}
         if stage == "generate":
-            with load_backend("hf", mpath) as backend:
+            with cfg.policy.open(mpath, first=t == 0) as backend:
                 params = SamplingParams(temperature=cfg.temperature, top_p=0.95, max_new_tokens=cfg.max_new_tokens)
-                return run_generate(self.corpus, prompts=self.train_prompts, backend=backend, n=cfg.n, params=params,
-                                    seed=cfg.seed + 1000 * t, progress=self.progress)
+                out = run_generate(self.corpus, prompts=self.train_prompts, backend=backend, n=cfg.n, params=params,
+                                   seed=cfg.seed + 1000 * t, progress=self.progress)
+            if out["candidates_new"] + out["candidates_existing"] == 0:
+                hint = serve_hint(mpath) if cfg.policy.name == "openai" else "see the failures table"
+                raise UserError(f"round {t}: no candidate from {backend.model_id} ({out['failure_reasons']}); {hint}")
+            return out
+        gen_model = done[(t, "generate")]["model"]
+        where = f"g.model = '{gen_model.replace(chr(39), chr(39) * 2)}'"
         if stage == "judge":
             rubric = self._rubric_for_round(t)
             summary = run_judge(self.corpus, rubric, where=where, progress=self.progress)
@@ -197,35 +342,64 @@ class ModelLoop:
             out = release(self.corpus, threshold=cfg.threshold, min_reviews=cfg.min_reviews, auto=cfg.auto_release)
             out["judge_human_agreement"] = self._agreement()
             return out
+        rel = done[(t, "review")]["release_id"]
         if stage == "rm":
-            rel = done[(t, "review")]["release_id"]
             rm = train_model(self.corpus, "rm", base=self.m0_id, out=self.workdir / f"round-{t}" / "rm", release=rel,
                              lora=cfg.lora, max_steps=cfg.max_steps, epochs=cfg.epochs, batch_size=cfg.batch_size,
                              max_length=cfg.max_length, save_steps=cfg.save_steps, resume=True, progress=self.progress)
             return {"model_id": rm}
         if stage == "train":
-            rel = done[(t, "review")]["release_id"]
-            kill = _kill_point()
-            cbs = [_kill_callback(kill[2])] if kill and kill[0] == t and kill[1] == "train" and kill[2] else []
-            opts = dict(lora=cfg.lora, max_steps=cfg.max_steps, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                        max_length=cfg.max_length, beta=cfg.beta, save_steps=cfg.save_steps, resume=True,
-                        progress=self.progress, callbacks=cbs)
-            out = self.workdir / f"round-{t}" / "policy"
-            try:
-                new = train_model(self.corpus, "dpo", base=mid, out=out, release=rel, generated_by=mpath, **opts)
-                on_policy = True
-            except UserError:
-                # the pair builder ranks every candidate of a prompt, so when M_t's samples all
-                # tie with each other and with older ones, the round has no pair of its own:
-                # learn from the whole released snapshot instead, and say so in the round's state
-                new = train_model(self.corpus, "dpo", base=mid, out=out, release=rel, **opts)
-                on_policy = False
-            return {"model_id": new, "parent_id": mid, "release_id": rel, "on_policy": on_policy}
+            return self._train(t, mid, gen_model, rel, done)
         if stage == "eval":
-            new = done[(t, "train")]["model_id"]
-            return run_eval(self.corpus, new, self.eval_set, baseline=self.m0_id, judge=self.judge,
-                            max_new_tokens=cfg.max_new_tokens, progress=self.progress)
+            tr = done[(t, "train")]
+            if not tr.get("trained", True):  # M_{t+1} is M_t: its eval is the last one
+                last = done[(t - 1, "eval")] if t else done[(0, "eval_base")]
+                return {**last, "skipped": tr["reason"]}
+            return self._eval(t, tr["model_id"], done)
         raise AssertionError(stage)
+
+    def _train(self, t: int, mid: str, gen_model: str, rel: str, done: dict) -> dict[str, Any]:
+        """Train M_{t+1} on what M_t's own samples taught; with nothing of M_t's in the release
+        the round says so and M_{t+1} = M_t (older rounds' data would be stale and off-policy)."""
+        cfg = self.cfg
+        kill = _kill_point()
+        cbs = [_kill_callback(kill[2])] if kill and kill[0] == t and kill[1] == "train" and kill[2] else []
+        out = self.workdir / f"round-{t}" / "policy"
+        rubric = done[(t, "judge")]["rubric_path"]
+        reward = {"rubric": rubric, "rubric_name": yaml.safe_load(Path(rubric).read_text())["name"], "release_id": rel}
+        skip = {"model_id": mid, "parent_id": mid, "release_id": rel, "trained": False}
+        if cfg.algo == "grpo":
+            _, prompts = release_prompts(self.corpus, rel, generated_by=gen_model)
+            if not prompts:
+                return {**skip, "reason": f"release {rel} holds no prompt whose {gen_model} replies the judge told apart: "
+                                          "no reward signal for GRPO this round; not trained"}
+            funcs, weights, definition, close = rubric_rewards(self.corpus, rubric, self.judge)
+            opts = GRPOOptions(num_generations=cfg.n, prompts_per_step=cfg.prompts_per_step,
+                               max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, lr=cfg.lr,
+                               beta=cfg.beta if cfg.beta is not None else 0.0, max_steps=cfg.max_steps, epochs=cfg.epochs,
+                               lora=cfg.lora, save_steps=cfg.save_steps, seed=cfg.seed + t)
+            try:
+                new = train_grpo(self.corpus, prompts, funcs, weights, {**reward, **definition}, base=mid, out=out,
+                                 release_id=rel, opts=opts, resume=True, progress=self.progress, callbacks=cbs)
+            finally:
+                close()
+            extra = {"prompts": len(prompts)}
+        else:
+            kind = "dpo" if cfg.algo == "dpo" else "sft"
+            try:
+                rows = len(training_set(self.corpus, "pair" if kind == "dpo" else "sft", rel, gen_model).rows)
+            except UserError as e:
+                return {**skip, "reason": f"{e}; not trained (older rounds' data would be stale)"}
+            new = train_model(self.corpus, kind, base=mid, out=out, release=rel, generated_by=gen_model, lora=cfg.lora,
+                              max_steps=cfg.max_steps, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                              max_length=cfg.max_length, beta=cfg.beta if cfg.beta is not None else 0.1,
+                              save_steps=cfg.save_steps, resume=True, progress=self.progress, callbacks=cbs)
+            extra = {"rows": rows}
+        algo = {"sft": "sft-rs", "dpo": "dpo", "grpo": "grpo"}[cfg.algo]
+        set_training(self.corpus, new, algo, reward if cfg.algo != "grpo" else None,
+                     config_extra={"trained_types": self.trained_types, "loop_id": self.loop_id})
+        return {"model_id": new, "parent_id": mid, "release_id": rel, "trained": True, "algorithm": algo,
+                "on_policy": True, **extra}
 
     def _agreement(self) -> float | None:
         if "judge_human_agreement" not in self.corpus.tables():
@@ -248,6 +422,8 @@ class ModelLoop:
                     os.kill(os.getpid(), signal.SIGKILL)
                 self.say(f"[loop {self.loop_id}] round {t}: {stage}")
                 result = self.run_stage(t, stage, done)
+                if result.get("trained") is False:
+                    self.say(f"[loop {self.loop_id}] round {t}: {result['reason']}")
                 if stage == "review" and result["decision"] not in ("released", "auto_released"):
                     self._mark(t, stage, result, status="waiting")
                     return {"loop_id": self.loop_id, "status": "waiting", "round": t, "missing": result.get("missing"),
@@ -255,6 +431,31 @@ class ModelLoop:
                 self._mark(t, stage, result)
         final = self.done()[(self.cfg.rounds - 1, "train")]["model_id"]
         return {"loop_id": self.loop_id, "status": "done", "rounds": self.cfg.rounds, "model_id": final}
+
+
+def run_grpo(corpus: Corpus, rubric: str, *, prompts: str | None = None, release: str | None = None,
+             base: str | None = None, out: str = "grpo-out", judge: Backend | None = None, opts: GRPOOptions | None = None,
+             resume: bool = False, progress: bool = True, argv: list[str] | None = None) -> str:
+    """`python -m train grpo`: GRPO on a prompt file, or on a release's pair prompts, with the
+    rubric's criteria as reward functions. Returns the registered models.id."""
+    if prompts:
+        from generate import load_prompts
+
+        if not Path(prompts).exists():
+            raise UserError(f"--prompts {prompts}: no such file")
+        loaded, _ = load_prompts(prompts)
+        rows, rel = [{"messages": p.messages, "meta": p.meta} for p in loaded], None
+    else:
+        rel, rows = release_prompts(corpus, release)
+        if not rows:
+            raise UserError(f"release {rel} holds no preference pairs, so no prompt with a reward spread: "
+                            "pass --prompts FILE.jsonl or another --release")
+    funcs, weights, definition, close = rubric_rewards(corpus, rubric, judge)
+    try:
+        return train_grpo(corpus, rows, funcs, weights, {"rubric": str(rubric), **definition}, base=base, out=out,
+                          release_id=rel, opts=opts, resume=resume, progress=progress, argv=argv)
+    finally:
+        close()
 
 
 def run_loop(corpus: Corpus, prompts: str, rubric: str, rounds: int = 2, *, judge: Backend | None = None,

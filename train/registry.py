@@ -6,6 +6,7 @@ it is used, so a trained model always has a parent id and lineage is one recursi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +65,40 @@ def resolve_base(corpus: Corpus, base: str | None, flag: str = "--base") -> tupl
 def register_model(
     corpus: Corpus, *, model_id: str, kind: str, path: str, parent_id: str, base: str,
     release_id: str | None, config: dict[str, Any], metrics: dict[str, Any], run_id: str | None,
+    algorithm: str | None = None, reward: dict[str, Any] | None = None,
 ) -> str:
     corpus.insert(
         [ModelRecord(id=model_id, parent_id=parent_id, kind=kind, path=path, base=base,
-                     release_id=release_id, config=config, metrics=metrics, run_id=run_id)],
+                     release_id=release_id, config=config, metrics=metrics, run_id=run_id,
+                     algorithm=algorithm or kind, reward=reward)],
         replace=True,
     )
     return model_id
+
+
+def set_training(corpus: Corpus, model_id: str, algorithm: str, reward: dict[str, Any] | None,
+                 config_extra: dict[str, Any] | None = None) -> None:
+    """Record how a model was trained when its trainer did not know (the loop's SFT is rejection
+    sampling; a DPO model's reward is the rubric that labelled its pairs; the check types the loop
+    trained on, which `train eval` uses to tell trained from held-out types). reward=None keeps
+    what the trainer stored."""
+    row = get_model(corpus, model_id) or {}
+    cfg = json.loads(row["config"]) if isinstance(row.get("config"), str) else (row.get("config") or {})
+    sets, params = ["algorithm = ?", "config = ?"], [algorithm, json.dumps({**cfg, **(config_extra or {})}, sort_keys=True)]
+    if reward is not None:
+        sets.append("reward = ?")
+        params.append(json.dumps(reward, sort_keys=True))
+    corpus.execute(f"UPDATE models SET {', '.join(sets)} WHERE id = ?", [*params, model_id])
 
 
 def lineage(corpus: Corpus, model_id: str) -> list[dict[str, Any]]:
     """The model, its parent, its parent's parent ... up to the base."""
     return corpus.query(
         """
-        WITH RECURSIVE chain(id, parent_id, kind, path, release_id, depth) AS (
-            SELECT id, parent_id, kind, path, release_id, 0 FROM models WHERE id = ?
+        WITH RECURSIVE chain(id, parent_id, kind, path, release_id, config, depth) AS (
+            SELECT id, parent_id, kind, path, release_id, config, 0 FROM models WHERE id = ?
             UNION ALL
-            SELECT m.id, m.parent_id, m.kind, m.path, m.release_id, c.depth + 1
+            SELECT m.id, m.parent_id, m.kind, m.path, m.release_id, m.config, c.depth + 1
             FROM models m JOIN chain c ON m.id = c.parent_id
         )
         SELECT * FROM chain ORDER BY depth

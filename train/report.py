@@ -50,6 +50,12 @@ def loop_rounds(corpus: Corpus, loop_id: str | None = None) -> tuple[str, list[d
             "judge_agreement": review.get("judge_human_agreement"),
             "release_id": review.get("release_id"),
             "pass_rate_by_check": ev.get("pass_rate_by_check") or {},
+            # [mean, low, high]: 95% bootstrap intervals over prompts (train/heldout.py)
+            "trained_pass": ev.get("trained_pass"), "heldout_pass": ev.get("heldout_pass"), "words": ev.get("words"),
+            "trained_delta": ev.get("trained_pass_delta"), "heldout_delta": ev.get("heldout_pass_delta"),
+            "trained_n": ev.get("trained_n"), "heldout_n": ev.get("heldout_n"),
+            "skipped": ev.get("skipped"),
+            "algorithm": stages.get((t - 1, "train"), {}).get("algorithm") if t else "base",
         })
         t += 1
     return loop_id, out
@@ -69,10 +75,20 @@ def plot_rounds(rows: list[dict[str, Any]], path: str) -> None:
         if any(y is not None for y in ys):
             a.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=label)
 
-    line(ax[0][0], "win_rate_vs_m0", "win rate vs M0")
-    ax[0][0].axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax[0][0].set_title("win rate vs M0")
+    def bars(a, key, label):  # noqa: ANN001
+        pts = [(r["round"], r[key]) for r in rows if r.get(key)]
+        if pts:
+            x = [p[0] for p in pts]
+            m = [p[1][0] for p in pts]
+            err = [[p[1][0] - p[1][1] for p in pts], [p[1][2] - p[1][0] for p in pts]]
+            a.errorbar(x, m, yerr=err, marker="o", capsize=4, label=label)
+
+    bars(ax[0][0], "trained_pass", "trained check types, unseen prompts")
+    bars(ax[0][0], "heldout_pass", "held-out check types")
+    line(ax[0][0], "win_rate_vs_m0", "verifier win rate vs M0")
+    ax[0][0].set_title("held-out prompts passed (all checks), 95% CI")
     ax[0][0].set_ylim(0, 1)
+    ax[0][0].legend(fontsize=7)
     line(ax[0][1], "pass_rate", "checks passed (mean)")
     line(ax[0][1], "all_pass_rate", "all checks passed")
     for ctype in sorted({k for r in rows for k in r["pass_rate_by_check"]}):
@@ -80,8 +96,11 @@ def plot_rounds(rows: list[dict[str, Any]], path: str) -> None:
     ax[0][1].set_title("verifier pass rates")
     ax[0][1].set_ylim(0, 1)
     ax[0][1].legend(fontsize=6)
-    line(ax[1][0], "mean_words", "mean words")
-    ax[1][0].set_title("mean reply length (words)")
+    if any(r.get("words") for r in rows):
+        bars(ax[1][0], "words", "mean words")
+    else:
+        line(ax[1][0], "mean_words", "mean words")
+    ax[1][0].set_title("mean reply length (words), 95% CI")
     line(ax[1][1], "reward", "judge reward of its candidates")
     line(ax[1][1], "judge_agreement", "judge-human agreement")
     ax[1][1].set_title("reward and judge agreement")
@@ -99,13 +118,24 @@ def report_table(loop_id: str, rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
     t = Table(title=f"loop {loop_id}")
-    for c in ("round", "model", "win vs M0", "pass rate", "all pass", "mean words", "reward", "judge-human agr.", "release"):
+    for c in ("round", "model", "algo", "trained types [95% CI]", "vs M0", "held-out types [95% CI]", "vs M0",
+              "mean words", "win vs M0", "reward", "judge-human agr.", "note"):
         t.add_column(c, justify="right")
 
     def f(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
+    def ci(v: Any, signed: bool = False) -> str:
+        if not v:
+            return "-"
+        s = "+" if signed else ""
+        return f"{v[0]:{s}.3f} [{v[1]:{s}.2f}, {v[2]:{s}.2f}]"
+
     for r in rows:
-        t.add_row(str(r["round"]), r["model_id"] or "-", f(r["win_rate_vs_m0"]), f(r["pass_rate"]), f(r["all_pass_rate"]),
-                  f(r["mean_words"]), f(r["reward"]), f(r["judge_agreement"]), (r["release_id"] or "-")[:12])
+        words = f"{r['words'][0]:.1f}" if r.get("words") else f(r["mean_words"])
+        note = "not trained: " + r["skipped"][:40] if r.get("skipped") else ""
+        t.add_row(str(r["round"]), r["model_id"] or "-", r.get("algorithm") or "-", ci(r["trained_pass"]),
+                  ci(r["trained_delta"], True) if r["round"] else "", ci(r["heldout_pass"]),
+                  ci(r["heldout_delta"], True) if r["round"] else "", words, f(r["win_rate_vs_m0"]), f(r["reward"]),
+                  f(r["judge_agreement"]), note)
     return t

@@ -1,0 +1,133 @@
+"""The loop's rollouts and eval through a served endpoint, held-out groups, and rounds without a
+learning signal.
+
+The policy is served by the real OpenAI-compatible server on loopback (tests/openai_server.py)
+with scripted replies: it answers for whichever model name it is asked, so the test checks that
+each round asks for that round's model. Training runs for real on the tiny model folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from corpus import UserError
+
+RUBRIC = """\
+name: starts_early
+version: "1"
+task: Reply to the user.
+mode: pointwise
+criteria:
+  - name: starts_early
+    kind: verifier
+    description: the reply starts with a letter from a to m
+    verifier: {type: regex, pattern: "PATTERN"}
+judges: []
+"""
+
+FILTERS = """\
+prompts: {exact_dedup: true, near_dedup: null, decontaminate: null}
+responses: {empty: true, truncated: null, refusal: null, repetition: null, language: null,
+            length: {min_words: 1}, exact_dedup: true, near_dedup: null, decontaminate: null}
+sft: {min_score: 1.0}
+pairs: {method: best_worst, min_margin: 0.1}
+"""
+
+WORDS = ["river", "stone", "cloud", "maple", "ember", "quartz", "harbor", "violet"]
+
+
+def _files(tmp: Path, pattern: str) -> Path:
+    (tmp / "rubric.yaml").write_text(RUBRIC.replace("PATTERN", pattern))
+    (tmp / "filters.yaml").write_text(FILTERS)
+    rows = []
+    for i, w in enumerate(WORDS):
+        rows.append({"prompt": f"Say something about a {w}.", "base": f"b{i + 5}", "checks": [{"type": "lowercase"}]})
+        rows.append({"prompt": f"Describe a {w} briefly.", "base": f"c{i}", "checks": [{"type": "no_commas"}]})
+    (tmp / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp
+
+
+def _reply(body):  # sampled replies differ by seed; greedy (eval) replies are lowercase, no commas
+    seed = body.get("seed")
+    if seed is None:
+        return "a calm lowercase answer"
+    return "apple, Tree" if seed % 2 else "Zebra says hi"
+
+
+def _run(tmp: Path, srv, tiny: Path, algo: str = "dpo", rounds: int = 2):
+    from corpus import Corpus
+    from train.loop import run_loop
+    from train.policy import PolicyBackend
+
+    corpus = Corpus(tmp / "c.duckdb")
+    out = run_loop(corpus, str(tmp / "prompts.jsonl"), str(tmp / "rubric.yaml"), rounds, progress=False,
+                   base=str(tiny), filters_config=str(tmp / "filters.yaml"), auto_release=True, n=4,
+                   max_new_tokens=8, max_steps=1, batch_size=2, max_length=64, algo=algo, heldout_types=["no_commas"],
+                   policy=PolicyBackend("openai", base_url=srv.base_url, served_model="m0-served", api_key_env="NO_KEY"))
+    return corpus, out
+
+
+def test_openai_policy_each_round_asks_for_its_model_and_holds_out_types(tmp_path, tiny_model_dir):
+    from openai_server import OpenAIServer
+
+    tmp = _files(tmp_path, "^\\\\s*[a-mA-M]")
+    with OpenAIServer(reply=_reply) as srv:
+        corpus, out = _run(tmp, srv, tiny_model_dir)
+    assert out["status"] == "done"
+    stages = {(r["round"], r["stage"]): json.loads(r["result"]) for r in corpus.query("SELECT * FROM loop_stages")}
+    m1 = corpus.query("SELECT * FROM models WHERE id = ?", [stages[(0, "train")]["model_id"]])[0]
+    m2 = corpus.query("SELECT * FROM models WHERE id = ?", [stages[(1, "train")]["model_id"]])[0]
+    asked = {r.body["model"] for r in srv.requests}
+    # M0 under the name the user served it as; M1, M2 under their folders, as `vllm serve FOLDER` names them
+    assert asked == {"m0-served", m1["path"], m2["path"]} and m2["parent_id"] == m1["id"]
+    assert stages[(1, "generate")]["model"] == m1["path"] and stages[(0, "generate")]["model"] == "m0-served"
+    assert m1["algorithm"] == "dpo" and json.loads(m1["reward"])["rubric_name"] == "starts_early"
+    assert json.loads(m1["config"])["trained_types"] == ["lowercase"]
+    # the no_commas prompts never trained: every one of them is in the held-out-types group
+    ev = stages[(0, "eval")]
+    assert ev["heldout_n"] == len(WORDS) and ev["trained_n"] == 1  # base b8 is the held-out fifth here
+    assert ev["heldout_pass"] == [1.0, 1.0, 1.0]  # the scripted greedy reply has no comma
+    assert ev["trained_pass_delta"] == [0.0, 0.0, 0.0]  # same replies as M0: no change, no interval
+    trained_prompts = {json.loads(p["messages"])[0]["content"] for p in corpus.query(
+        "SELECT p.messages FROM generations g JOIN prompts p ON p.id = g.prompt_id")}
+    assert not any("Describe" in t for t in trained_prompts)  # held-out types never sampled for training
+
+
+@pytest.mark.parametrize("algo", ["dpo", "grpo"])
+def test_a_round_without_signal_says_so_and_does_not_train(tmp_path, tiny_model_dir, algo):
+    from openai_server import OpenAIServer
+
+    from train.report import loop_rounds, report_table
+
+    tmp = _files(tmp_path, ".")  # every reply passes: no pair, no reward spread
+    with OpenAIServer(reply=_reply) as srv:
+        corpus, out = _run(tmp, srv, tiny_model_dir, algo=algo, rounds=1)
+    train = json.loads(corpus.query("SELECT result FROM loop_stages WHERE stage = 'train'")[0]["result"])
+    assert train["trained"] is False and "not trained" in train["reason"]
+    assert corpus.query("SELECT count(*) AS n FROM models WHERE kind IN ('dpo', 'grpo')")[0]["n"] == 0
+    assert out["model_id"] == train["parent_id"]  # M1 is M0
+    _, rows = loop_rounds(corpus)
+    assert rows[1]["skipped"] and "not trained" in rows[1]["skipped"]
+    from rich.console import Console
+
+    console = Console(width=300, record=True)
+    console.print(report_table("x", rows))
+    assert "not trained" in console.export_text()
+
+
+def test_openai_backend_without_base_url_is_refused():
+    from train.policy import PolicyBackend
+
+    with pytest.raises(UserError, match="--backend openai needs --base-url"):
+        PolicyBackend("openai")
+
+
+def test_unknown_heldout_type_is_refused(tmp_path):
+    from train.loop import LoopConfig
+
+    _files(tmp_path, ".")
+    with pytest.raises(UserError, match="--heldout-types nope: unknown check type"):
+        LoopConfig(prompts=str(tmp_path / "prompts.jsonl"), rubric=str(tmp_path / "rubric.yaml"), heldout_types=["nope"])
