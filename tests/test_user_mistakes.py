@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import openai_server
-from corpus import Corpus, Prompt, run_cli
+from corpus import Corpus, Prompt, UserError, run_cli
 from corpus.cli import main as corpus_main
 from filters.cli import main as filters_main
 from generate.cli import main as generate_main
@@ -82,6 +82,16 @@ def test_non_utf8_rubric_and_filter_yaml(tmp_path, capsys, corpus):
     rc, err, _ = cli("filters", filters_main, ["--db", corpus.path, "--config", str(cfg), "--quiet"], capsys)
     assert rc == 2 and one_line(err) and f"{cfg}: not UTF-8 text (byte offset 3: 0xe9)" in err
     assert corpus.query("SELECT count(*) AS n FROM runs")[0]["n"] == 0
+
+
+def test_non_utf8_train_eval_pairs_file_is_one_line(tmp_path):
+    from train.data import pairs_from_jsonl
+
+    bad = tmp_path / "held.jsonl"
+    bad.write_bytes(b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(UserError) as e:
+        pairs_from_jsonl(str(bad))
+    assert one_line(str(e.value)) and f"{bad}: not UTF-8 text (byte offset 15: 0xe9)" in str(e.value)
 
 
 # -- corpora the user cannot use -----------------------------------------------------------------

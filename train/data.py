@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corpus import Corpus, UserError, snapshot_hash
+from corpus.errors import read_text
 
 RELEASED = ("released", "auto_released")
 
@@ -114,20 +115,19 @@ def pairs_from_jsonl(path: str, limit: int | None = None) -> list[dict[str, Any]
     """Held-out preference pairs from a file of {prompt, chosen, rejected} (HH-RLHF style:
     prompt is the dialogue text or a message list, chosen/rejected the final assistant turns)."""
     out = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                prompt = d["prompt"]
-                msgs = _messages(prompt) if isinstance(prompt, list) else hh_dialogue(prompt)
-                out.append({"prompt": msgs, "chosen": [{"role": "assistant", "content": _text(d["chosen"])}],
-                            "rejected": [{"role": "assistant", "content": _text(d["rejected"])}]})
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise UserError(f"{path}:{i}: expected a JSON object with prompt, chosen, rejected ({e})") from e
-            if limit and len(out) >= limit:
-                break
+    for i, line in enumerate(read_text(path, "pairs file").splitlines(), 1):  # not UTF-8: one line, exit 2
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            prompt = d["prompt"]
+            msgs = _messages(prompt) if isinstance(prompt, list) else hh_dialogue(prompt)
+            out.append({"prompt": msgs, "chosen": [{"role": "assistant", "content": _text(d["chosen"])}],
+                        "rejected": [{"role": "assistant", "content": _text(d["rejected"])}]})
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{path}:{i}: expected a JSON object with prompt, chosen, rejected ({e})") from e
+        if limit and len(out) >= limit:
+            break
     return out
 
 
