@@ -25,7 +25,7 @@ from corpus.call_shards import merge_call_shards
 from corpus.store import redact_urls
 
 from .job import run_generate, summary_table
-from .sources import DEFAULT_FIELDS, keep_tasks_apart, load_prompts
+from .sources import DEFAULT_FIELDS, load_prompts
 from .synth import SEED_FIELDS, run_synth, synth_table
 
 
@@ -158,10 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompts, _ = load_prompts(args.prompts, args.field, args.limit, args.split)
     backend = _backend(args)
     corpus = Corpus(args.db)
-    apart = 0
     try:
-        if prompts is not None:
-            prompts, apart = keep_tasks_apart(corpus, prompts)
         if args.executor == "ray":  # a killed run's shards become cache hits, in one statement
             merge_call_shards(corpus, args.work_dir)
         summary = run_generate(
@@ -175,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend.close()
         corpus.close()
     Console().print(summary_table(summary))
+    apart = int(summary.get("prompts_kept_apart", 0))
     if apart:
         print(f"{apart} prompt(s) share their text with a stored prompt of another task (other meta) and were kept "
               "as separate prompts", file=sys.stderr)

@@ -30,7 +30,7 @@ from backends.base import prompt_bytes, too_large
 from corpus import BatchWriter, Corpus, Failure, Generation, Prompt, UserError
 from corpus.progress import progress as progress_display
 
-from .sources import load_prompts, prompts_from_sql
+from .sources import keep_tasks_apart, load_prompts, prompts_from_sql
 
 
 def candidate_seed(seed: int, prompt_id: str, sample_idx: int) -> int:
@@ -150,6 +150,9 @@ def run_generate(
         records, repeated = load_prompts(prompts, fields, limit, split)
     else:
         records, repeated = list(prompts)[:limit] if limit else list(prompts), 0
+    apart = 0
+    if from_sql is None:  # same text as a stored prompt of another task (other meta): keep it a prompt of its own
+        records, apart = keep_tasks_apart(corpus, records)
     if backend is None:
         from backends import load_backend
 
@@ -200,7 +203,7 @@ def run_generate(
                 bar.note(f"{rate:.1f} tok/s")
         elapsed = time.perf_counter() - t_start
         run.summary = {
-            "prompts": len(records), "prompts_new": prompts_new, "prompts_repeated": repeated,
+            "prompts": len(records), "prompts_new": prompts_new, "prompts_repeated": repeated, "prompts_kept_apart": apart,
             "candidates_planned": len(tasks), "candidates_new": stats["new"], "candidates_existing": len(have),
             "calls_cached": cached.hits, "calls_sent": cached.misses,
             "tokens": stats["tokens"], "prompt_tokens": stats["prompt_tokens"],
