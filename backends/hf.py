@@ -100,6 +100,8 @@ def _build_helpers():
             if k:
                 vals, ids = lp.topk(k)
                 for v, t in zip(vals.tolist(), ids.tolist()):
+                    if v == float("-inf"):  # a token the schema forbids at this step
+                        break
                     top.setdefault(self.tok.decode([t]), v)
             row.logprobs.append(TokenLogprob(token=self.tok.decode([token]), logprob=float(lp[token]), top=top))
 
@@ -141,7 +143,7 @@ class HFBackend(Backend):
     other stages (the judge's prefix-cache scoring) can reuse them without loading twice."""
 
     name = "hf"
-    supports_json_schema = False
+    supports_json_schema = True  # enforced by backends/structured.py (llguidance)
     supports_logprobs = True
 
     def __init__(self, model: str | None = None, batch_size: int = 16, device: str | None = None, dtype: Any = None):
@@ -162,6 +164,7 @@ class HFBackend(Backend):
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
         self._helpers = _build_helpers()
+        self._schema = None  # backends.structured.SchemaConstraint, built on the first json_schema
         # a CPU pays for every pad position; a GPU pays more for 16 small launches than for padding
         self._split_prefill = self.device.type == "cpu"
 
@@ -198,6 +201,11 @@ class HFBackend(Backend):
                     finish_reason="error", prompt_tokens=len(ids), permanent=True,
                     error=f"prompt has {len(ids)} tokens; the model takes at most {self.max_positions}: shorten it",
                 )
+                progress(1)
+                continue
+            bad = self.schema_error(req)
+            if bad:
+                out[i] = Completion(finish_reason="error", prompt_tokens=len(ids), permanent=True, error=bad)
                 progress(1)
                 continue
             seed = req.params.seed if req.params.seed is not None else secrets.randbits(62)
@@ -256,12 +264,18 @@ class HFBackend(Backend):
             do_sample=False, max_new_tokens=max(r.max_new_tokens for r in rows),
             pad_token_id=pad, eos_token_id=sorted(self.eos_ids), bos_token_id=self.tokenizer.bos_token_id,
         )
+        processors = LogitsProcessorList([sampler_cls(rows, width, self.tokenizer)])
+        schema_rows = self.schema_rows([r.request for r in rows], [r.max_new_tokens for r in rows])
+        if schema_rows is not None:  # masks first, so the sampler (and its logprobs) sees allowed tokens only
+            from .structured import build_processor
+
+            processors.insert(0, build_processor()(schema_rows, width))
         with torch.inference_mode():
             cache = self._prefill_unpadded(prompts, width)
             seqs = self.model.generate(
                 input_ids=ids, attention_mask=mask, generation_config=config,
                 **({"past_key_values": cache} if cache is not None else {}),
-                logits_processor=LogitsProcessorList([sampler_cls(rows, width, self.tokenizer)]),
+                logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([stops_cls(rows, width, self.eos_ids, self.tokenizer)]),
             )
         texts = []
@@ -270,6 +284,24 @@ class HFBackend(Backend):
             texts.append(text[: r.stop_cut] if r.stop_cut is not None else text)
         return texts
 
+    # -- structured output (backends/structured.py) ----------------------------------------------
+
+    def _constraint(self) -> Any:
+        from .structured import constraint_for
+
+        if self._schema is None:
+            self._schema = constraint_for(self.tokenizer, self.model.config.vocab_size, self.eos_ids)
+        return self._schema
+
+    def schema_error(self, req: ChatRequest) -> str | None:
+        """Why the request's json_schema cannot be enforced (it then fails alone), or None."""
+        return None if req.json_schema is None else self._constraint().check(req.json_schema)
+
+    def schema_rows(self, requests: list[ChatRequest], budgets: list[int]) -> Any:
+        """Grammar matchers for a batch (one per row with a json_schema), or None."""
+        if not any(r.json_schema is not None for r in requests):
+            return None
+        return self._constraint().rows([r.json_schema for r in requests], budgets)
 
     def _prefill_unpadded(self, prompts: list[list[int]], width: int) -> Any:
         """The KV cache of every prompt but its last token, each computed alone, left-padded

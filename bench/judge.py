@@ -60,7 +60,7 @@ def bench_prefix(items: int, max_new_tokens: int, batch_size: int) -> None:
     t = time.perf_counter()
     plain = hf.generate(reqs)
     t_plain = time.perf_counter() - t
-    pr = PrefixReuseBackend(hf, guided=False)  # same decoding as the plain backend
+    pr = PrefixReuseBackend(hf)
     t = time.perf_counter()
     reused = pr.generate(reqs)
     t_reuse = time.perf_counter() - t
