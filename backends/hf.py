@@ -284,6 +284,45 @@ class HFBackend(Backend):
             texts.append(text[: r.stop_cut] if r.stop_cut is not None else text)
         return texts
 
+    # -- scoring without decoding (judge/logprob.py) --------------------------------------------
+
+    def label_logprobs(self, requests: list[ChatRequest], labels: list[str]) -> list[dict[str, float] | str]:
+        """log P(label) of each label as the first token of each request's reply: one forward pass
+        per batch, no decoding loop. A label's probability sums its spellings' first tokens ("A",
+        " A"), over the whole vocabulary (no top-k cut). In place of a dict, a string says why that
+        request could not be scored."""
+        import torch
+
+        tok = self.tokenizer
+        first = {lab: sorted({ids[0] for ids in (tok.encode(v, add_special_tokens=False) for v in (lab, " " + lab)) if ids})
+                 for lab in labels}
+        out: list[dict[str, float] | str] = [""] * len(requests)
+        rows = []
+        for i, req in enumerate(requests):
+            ids = self.prompt_ids(req)
+            if len(ids) >= self.max_positions:
+                out[i] = f"prompt has {len(ids)} tokens; the model takes at most {self.max_positions}: shorten it"
+            else:
+                rows.append((i, ids))
+        rows.sort(key=lambda r: -len(r[1]))
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            width = max(len(ids) for _, ids in batch)
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for _, x in batch], device=self.device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for _, x in batch], device=self.device)
+            try:
+                with torch.inference_mode():  # explicit positions: left padding must not shift a row
+                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                        logits_to_keep=1).logits[:, -1].float()
+                lp = torch.log_softmax(logits, dim=-1)
+            except Exception as e:  # one bad batch must not end a job
+                for i, _ in batch:
+                    out[i] = f"{type(e).__name__}: {str(e)[:200]}"
+                continue
+            for k, (i, _) in enumerate(batch):
+                out[i] = {lab: float(torch.logsumexp(lp[k, v], dim=0)) for lab, v in first.items()}
+        return out
+
     # -- structured output (backends/structured.py) ----------------------------------------------
 
     def _constraint(self) -> Any:
