@@ -294,8 +294,7 @@ class HFBackend(Backend):
         import torch
 
         tok = self.tokenizer
-        first = {lab: sorted({ids[0] for ids in (tok.encode(v, add_special_tokens=False) for v in (lab, " " + lab)) if ids})
-                 for lab in labels}
+        first = self.label_token_ids(labels)
         out: list[dict[str, float] | str] = [""] * len(requests)
         rows = []
         for i, req in enumerate(requests):
@@ -322,6 +321,12 @@ class HFBackend(Backend):
             for k, (i, _) in enumerate(batch):
                 out[i] = {lab: float(torch.logsumexp(lp[k, v], dim=0)) for lab, v in first.items()}
         return out
+
+    def label_token_ids(self, labels: list[str]) -> dict[str, list[int]]:
+        """The first token of each label's spellings as a reply's first token ("A", " A")."""
+        enc = self.tokenizer.encode
+        return {lab: sorted({ids[0] for ids in (enc(v, add_special_tokens=False) for v in (lab, " " + lab)) if ids})
+                for lab in labels}
 
     # -- structured output (backends/structured.py) ----------------------------------------------
 

@@ -96,34 +96,79 @@ class PrefixReuseBackend(Backend):
         return [Completion(text=t, finish_reason=f, prompt_tokens=len(x), completion_tokens=n, latency_ms=share, logprobs=lp)
                 for (t, f, n, lp), x in zip(texts, ids)]
 
-    def _decode(self, reqs: list[ChatRequest], ids: list[list[int]], shared: int) -> list[tuple[str, str, int, Any]]:
+    def _prefill(self, ids: list[list[int]], shared: int) -> tuple[Any, Any, Any]:
+        """Next-token logits of every row (batch x vocab), the KV cache and the attention mask, with
+        the first `shared` tokens computed once for the batch. Call under torch.inference_mode."""
         import torch
         from transformers import DynamicCache
 
         model, tok, dev = self.inner.model, self.inner.tokenizer, self.inner.device
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        b = len(ids)
+        cache = DynamicCache(config=model.config)
+        if shared:
+            prefix = torch.tensor([ids[0][:shared]], device=dev)
+            model(input_ids=prefix, past_key_values=cache, use_cache=True)
+            self.stats["prefills"] += 1
+            if b > 1:
+                cache = copy.deepcopy(cache)
+                cache.batch_repeat_interleave(b)
+        suffixes = [x[shared:] for x in ids]
+        width = max(len(s) for s in suffixes)
+        inp = torch.full((b, width), pad, dtype=torch.long, device=dev)
+        mask = torch.zeros((b, shared + width), dtype=torch.long, device=dev)
+        mask[:, :shared] = 1
+        pos = torch.zeros((b, width), dtype=torch.long, device=dev)
+        for r, s in enumerate(suffixes):
+            inp[r, width - len(s):] = torch.tensor(s, device=dev)
+            mask[r, shared + width - len(s):] = 1
+            pos[r, width - len(s):] = torch.arange(shared, shared + len(s), device=dev)
+            pos[r, : width - len(s)] = shared  # padding: hidden by the mask, any valid position
+        logits = model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1]
+        return logits, cache, mask
+
+    def label_logprobs(self, requests: list[ChatRequest], labels: list[str]) -> list[dict[str, float] | str]:
+        """The hf backend's `label_logprobs` (one forward pass, no decoding), with the rubric prefix
+        that a batch shares computed once: most of a judge prompt is that prefix."""
+        import torch
+
+        first = self.inner.label_token_ids(labels)
+        out: list[dict[str, float] | str] = [""] * len(requests)
+        ids = [self.inner.prompt_ids(r) for r in requests]
+        groups: dict[str, list[int]] = {}
+        alone = []
+        for i, r in enumerate(requests):
+            if len(ids[i]) >= self.inner.max_positions or len(ids[i]) < 2:
+                alone.append(i)  # the hf backend says why, or scores it unshared
+            else:
+                groups.setdefault(r.messages[0]["content"], []).append(i)
+        for idxs in groups.values():
+            for start in range(0, len(idxs), self.batch_size):
+                part = idxs[start : start + self.batch_size]
+                rows = [ids[i] for i in part]
+                shared = min(_common_prefix(rows), min(len(x) for x in rows) - 1)
+                try:
+                    with torch.inference_mode():
+                        lp = torch.log_softmax(self._prefill(rows, shared if shared >= MIN_PREFIX else 0)[0].float(), dim=-1)
+                except Exception as e:  # one bad batch must not end a job
+                    for i in part:
+                        out[i] = f"{type(e).__name__}: {str(e)[:200]}"
+                    continue
+                for k, i in enumerate(part):
+                    out[i] = {lab: float(torch.logsumexp(lp[k, v], dim=0)) for lab, v in first.items()}
+        if alone:
+            for i, r in zip(alone, self.inner.label_logprobs([requests[i] for i in alone], labels)):
+                out[i] = r
+        return out
+
+    def _decode(self, reqs: list[ChatRequest], ids: list[list[int]], shared: int) -> list[tuple[str, str, int, Any]]:
+        import torch
+
+        model, tok, dev = self.inner.model, self.inner.tokenizer, self.inner.device
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         b = len(reqs)
         with torch.inference_mode():
-            cache = DynamicCache(config=model.config)
-            if shared:
-                prefix = torch.tensor([ids[0][:shared]], device=dev)
-                model(input_ids=prefix, past_key_values=cache, use_cache=True)
-                self.stats["prefills"] += 1
-                if b > 1:
-                    cache = copy.deepcopy(cache)
-                    cache.batch_repeat_interleave(b)
-            suffixes = [x[shared:] for x in ids]
-            width = max(len(s) for s in suffixes)
-            inp = torch.full((b, width), pad, dtype=torch.long, device=dev)
-            mask = torch.zeros((b, shared + width), dtype=torch.long, device=dev)
-            mask[:, :shared] = 1
-            pos = torch.zeros((b, width), dtype=torch.long, device=dev)
-            for r, s in enumerate(suffixes):
-                inp[r, width - len(s):] = torch.tensor(s, device=dev)
-                mask[r, shared + width - len(s):] = 1
-                pos[r, width - len(s):] = torch.arange(shared, shared + len(s), device=dev)
-                pos[r, : width - len(s)] = shared  # padding: hidden by the mask, any valid position
-            logits = model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1]
+            logits, cache, mask = self._prefill(ids, shared)
             next_pos = torch.tensor([len(x) for x in ids], device=dev)
             limit = [min(r.params.max_new_tokens, self.inner.max_positions - len(x)) for r, x in zip(reqs, ids)]
             tokens: list[list[int]] = [[] for _ in range(b)]

@@ -39,7 +39,7 @@ def hf(tiny_model_dir):
     return HFBackend(str(tiny_model_dir), batch_size=4, device="cpu")
 
 
-def test_hf_label_logprobs_match_the_models_own_logits_in_a_padded_batch(hf):
+def test_hf_label_logprobs_match_the_models_own_logits_in_a_padded_batch_and_with_prefix_reuse(hf):
     import torch
 
     rubric = load_rubric(PROMPTS / "pairwise.yaml")
@@ -47,7 +47,13 @@ def test_hf_label_logprobs_match_the_models_own_logits_in_a_padded_batch(hf):
     reqs = [logprob.pairwise_request(rubric, c, [{"role": "user", "content": q}], "short", "a much longer answer " * k)
             for k, q in enumerate(["Hi", "What is the capital of France, and why?", "2+2?"])]
     batched = hf.label_logprobs(reqs, ["A", "B"])
-    for req, got in zip(reqs, batched):
+    from judge.prefix_cache import PrefixReuseBackend
+
+    reuse = PrefixReuseBackend(hf)
+    shared = reuse.label_logprobs(reqs, ["A", "B"])  # the judge's hf path: rubric prefix computed once
+    assert reuse.stats["prefills"] == 1
+    for req, got, also in zip(reqs, batched, shared):
+        assert also == pytest.approx(got, abs=1e-4)
         ids = torch.tensor([hf.prompt_ids(req)])
         with torch.inference_mode():
             lp = torch.log_softmax(hf.model(input_ids=ids).logits[0, -1].float(), -1)
