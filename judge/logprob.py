@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from backends import Backend, ChatRequest, Completion, SamplingParams
 from corpus import Failure, Flag, Judgment, Record, UserError
@@ -99,18 +99,23 @@ def label_logprobs(backend: Backend, requests: list[ChatRequest], labels: tuple[
     return [(_from_top(c, labels), not c.ok and not c.permanent) for c in comps]
 
 
-def judge(rubric: Rubric, specs: list[JudgeSpec], backends: list[Backend], fields: list[dict], run_id: str,
-          progress: Callable[[int], None]) -> tuple[list[Record], dict[str, int]]:
-    """Judgment records (and flags, failures) for the logprob judges' missing judgments."""
+def check_backends(specs: list[JudgeSpec], backends: list[Backend], fields: list[dict]) -> None:
+    """Refuse, before anything is written, a logprob judge whose backend gives no logprobs."""
     for j in sorted({f["_j"] for f in fields}):
         b = backends[j]
         if _scorer(b) is None and not b.supports_logprobs:
             raise UserError(f"judge {j + 1} ({specs[j].backend}) has method: logprob, but the {b.name} backend returns no "
                             "logprobs: use the hf, vllm or openai backend, or method: generate")
-    recs: list[Record] = []
-    counts = {"ok": 0, "retried": 0, "failed": 0, "transient": 0}
+
+
+def judge(rubric: Rubric, backends: list[Backend], fields: list[dict], run_id: str,
+          progress: Callable[[int], None]) -> Iterator[tuple[list[Record], dict[str, int]]]:
+    """Judgment records (and flags, failures) for the logprob judges' missing judgments, and their
+    counts by status, a chunk at a time so that the caller saves each chunk as it is done."""
     for start in range(0, len(fields), CHUNK):
         chunk = fields[start : start + CHUNK]
+        recs: list[Record] = []
+        counts = {"ok": 0, "retried": 0, "failed": 0, "transient": 0}
         by_judge: dict[int, list[dict]] = {}
         for f in chunk:
             by_judge.setdefault(f["_j"], []).append(f)
@@ -126,7 +131,7 @@ def judge(rubric: Rubric, specs: list[JudgeSpec], backends: list[Backend], field
             for f, (result, transient) in zip(fs, results):
                 recs.extend(_records(f, result, transient, run_id, counts))
             progress(len(fs))
-    return recs, counts
+        yield recs, counts
 
 
 def _pointwise_results(backend: Backend, reqs: list[ChatRequest], fs: list[dict]) -> list[tuple[Any, bool]]:

@@ -199,6 +199,8 @@ def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, ru
         ver = [f for f in todo if f["judge"].startswith("verifier:")]
         by_logprob = [f for f in llm if judges.specs[f["_j"]].method == "logprob"]  # no decoding: judge/logprob.py
         llm = [f for f in llm if judges.specs[f["_j"]].method != "logprob"]
+        if by_logprob:
+            logprob.check_backends(judges.specs, judges.backends(), by_logprob)
         with _progress(progress, len(llm), f"judging {rubric.name} v{rubric.version}") as tick:
             for start in range(0, len(llm), CHUNK):
                 chunk = llm[start : start + CHUNK]
@@ -211,11 +213,11 @@ def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, ru
                 writer.add(recs)
         if by_logprob:
             with _progress(progress, len(by_logprob), f"logprob judging {rubric.name} v{rubric.version}") as tick:
-                recs, st = logprob.judge(rubric, judges.specs, judges.backends(), by_logprob, run_id, tick)
-            for k, v in st.items():
-                counts[k] += v
-            note(recs)
-            writer.add(recs)
+                for recs, st in logprob.judge(rubric, judges.backends(), by_logprob, run_id, tick):
+                    for k, v in st.items():
+                        counts[k] += v
+                    note(recs)
+                    writer.add(recs)
         if ver:
             recs = _run_verifiers(corpus, rubric, ver, run_id)
             for r in recs:

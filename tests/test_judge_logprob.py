@@ -173,3 +173,13 @@ def test_default_method_leaves_rubric_hashes_unchanged():
     r = load_rubric(PROMPTS / "pairwise.yaml")
     assert "method" not in json.dumps(r.model_dump(mode="json"))
     assert r.judges[0].method == "generate"
+
+
+def test_logprob_judge_on_a_backend_without_logprobs_is_refused_before_anything_is_written(corpus, tmp_path):
+    from backends.fake import FakeBackend
+
+    add_candidates(corpus, [("Pick one.", ["x", "y"])])
+    path = write_rubric(tmp_path / "pw.yaml", "pairwise.yaml", PAIRWISE_LOGPROB)
+    with pytest.raises(UserError, match="returns no logprobs: use the hf, vllm or openai backend, or method: generate"):
+        run_judge(corpus, str(path), backend=FakeBackend("f", default="A"), progress=False)
+    assert corpus.query("SELECT count(*) AS n FROM judgments")[0]["n"] == 0
