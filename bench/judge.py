@@ -14,7 +14,8 @@
    often the first slot wins.
 
     python bench/judge.py [--items 32] [--max-new-tokens 48] [--candidates 10000] [--skip-model]
-    python bench/judge.py --methods 100 --parts methods [--judge-tokens 160]
+    python bench/judge.py --parts methods --methods 100 [--judge-tokens 160] [--threads 1]
+        [--which before,after,logprob] [--kinds pointwise,pairwise]
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _hh_items(n: int) -> list[dict]:
     return out
 
 
-def bench_methods(n: int, judge_tokens: int, batch_size: int, which: set[str]) -> None:
+def bench_methods(n: int, judge_tokens: int, batch_size: int, which: set[str], only: set[str]) -> None:
     """Unconstrained vs schema-constrained decoding vs logprob judging, on the same requests."""
     import torch
 
@@ -121,9 +122,13 @@ def bench_methods(n: int, judge_tokens: int, batch_size: int, which: set[str]) -
           f"{judge_tokens}, greedy, prefix reuse on; {n} HH items; load {_load()}")
     hf.generate([kinds["pointwise"][0][0].model_copy(update={"params": spec_one})])  # warm-up, grammar's tokenizer view
     for kind, (reqs, parse, lp_reqs, labels) in kinds.items():
-        runs = (("decoded, no schema (before)", [r.model_copy(update={"json_schema": None}) for r in reqs]),
-                ("decoded, JSON schema (after)", reqs))
-        for name, batch in runs if "decoded" in which else ():
+        if kind not in only:
+            continue
+        runs = (("before", "decoded, no schema (before)", [r.model_copy(update={"json_schema": None}) for r in reqs]),
+                ("after", "decoded, JSON schema (after)", reqs))
+        for key, name, batch in runs:
+            if key not in which and "decoded" not in which:
+                continue
             t = time.perf_counter()
             comps = judge.generate(batch)
             dt = time.perf_counter() - t
@@ -198,8 +203,9 @@ def main() -> None:
     ap.add_argument("--methods", type=int, default=100, help="HH items for the judging-methods comparison")
     ap.add_argument("--judge-tokens", type=int, default=160, help="max_new_tokens of the decoded judges (the rubric default)")
     ap.add_argument("--parts", default="prefix,rerun,methods", help="comma-separated: prefix, rerun, methods")
+    ap.add_argument("--kinds", default="pointwise,pairwise", help="methods part: pointwise, pairwise")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for the methods part (0: CPU cores)")
-    ap.add_argument("--which", default="decoded,logprob", help="methods part: decoded (both ways), logprob")
+    ap.add_argument("--which", default="decoded,logprob", help="methods part: before (no schema), after (schema), decoded (both), logprob")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     print(f"machine: {os.cpu_count()} CPU cores; load average {_load()}")
@@ -209,7 +215,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
-        bench_methods(args.methods, args.judge_tokens, args.batch_size, set(args.which.split(",")))
+        bench_methods(args.methods, args.judge_tokens, args.batch_size, set(args.which.split(",")), set(args.kinds.split(",")))
     if "rerun" in parts:
         bench_rerun(args.candidates)
 
