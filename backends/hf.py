@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -331,19 +332,25 @@ class HFBackend(Backend):
     # -- structured output (backends/structured.py) ----------------------------------------------
 
     def _constraint(self) -> Any:
+        """The tokenizer's grammar view; False where it cannot be built (a slow, Python-only
+        tokenizer): schemas are then not enforced, as before structured output, with a warning."""
         from .structured import constraint_for
 
         if self._schema is None:
-            self._schema = constraint_for(self.tokenizer, self.model.config.vocab_size, self.eos_ids)
+            try:
+                self._schema = constraint_for(self.tokenizer, self.model.config.vocab_size, self.eos_ids)
+            except Exception as e:
+                warnings.warn(f"json_schema will not be enforced for {self.model_id}: {str(e)[:200]}", stacklevel=2)
+                self._schema = False
         return self._schema
 
     def schema_error(self, req: ChatRequest) -> str | None:
         """Why the request's json_schema cannot be enforced (it then fails alone), or None."""
-        return None if req.json_schema is None else self._constraint().check(req.json_schema)
+        return None if req.json_schema is None or not self._constraint() else self._constraint().check(req.json_schema)
 
     def schema_rows(self, requests: list[ChatRequest], budgets: list[int]) -> Any:
         """Grammar matchers for a batch (one per row with a json_schema), or None."""
-        if not any(r.json_schema is not None for r in requests):
+        if not any(r.json_schema is not None for r in requests) or not self._constraint():
             return None
         return self._constraint().rows([r.json_schema for r in requests], budgets)
 
