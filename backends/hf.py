@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,8 @@ def _build_helpers():
             if k:
                 vals, ids = lp.topk(k)
                 for v, t in zip(vals.tolist(), ids.tolist()):
+                    if v == float("-inf"):  # a token the schema forbids at this step
+                        break
                     top.setdefault(self.tok.decode([t]), v)
             row.logprobs.append(TokenLogprob(token=self.tok.decode([token]), logprob=float(lp[token]), top=top))
 
@@ -141,7 +144,7 @@ class HFBackend(Backend):
     other stages (the judge's prefix-cache scoring) can reuse them without loading twice."""
 
     name = "hf"
-    supports_json_schema = False
+    supports_json_schema = True  # enforced by backends/structured.py (llguidance)
     supports_logprobs = True
     streams_results = True  # each finished sub-batch is delivered (saved) before the next runs
 
@@ -163,6 +166,7 @@ class HFBackend(Backend):
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
         self._helpers = _build_helpers()
+        self._schema = None  # backends.structured.SchemaConstraint, built on the first json_schema
         # a CPU pays for every pad position; a GPU pays more for 16 small launches than for padding
         self._split_prefill = self.device.type == "cpu"
 
@@ -199,6 +203,11 @@ class HFBackend(Backend):
                     finish_reason="error", prompt_tokens=len(ids), permanent=True,
                     error=f"prompt has {len(ids)} tokens; the model takes at most {self.max_positions}: shorten it",
                 )
+                progress(1)
+                continue
+            bad = self.schema_error(req)
+            if bad:
+                out[i] = Completion(finish_reason="error", prompt_tokens=len(ids), permanent=True, error=bad)
                 progress(1)
                 continue
             seed = req.params.seed if req.params.seed is not None else secrets.randbits(62)
@@ -259,12 +268,18 @@ class HFBackend(Backend):
             do_sample=False, max_new_tokens=max(r.max_new_tokens for r in rows),
             pad_token_id=pad, eos_token_id=sorted(self.eos_ids), bos_token_id=self.tokenizer.bos_token_id,
         )
+        processors = LogitsProcessorList([sampler_cls(rows, width, self.tokenizer)])
+        schema_rows = self.schema_rows([r.request for r in rows], [r.max_new_tokens for r in rows])
+        if schema_rows is not None:  # masks first, so the sampler (and its logprobs) sees allowed tokens only
+            from .structured import build_processor
+
+            processors.insert(0, build_processor()(schema_rows, width))
         with torch.inference_mode():
             cache = self._prefill_unpadded(prompts, width)
             seqs = self.model.generate(
                 input_ids=ids, attention_mask=mask, generation_config=config,
                 **({"past_key_values": cache} if cache is not None else {}),
-                logits_processor=LogitsProcessorList([sampler_cls(rows, width, self.tokenizer)]),
+                logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([stops_cls(rows, width, self.eos_ids, self.tokenizer)]),
             )
         texts = []
@@ -273,6 +288,74 @@ class HFBackend(Backend):
             texts.append(text[: r.stop_cut] if r.stop_cut is not None else text)
         return texts
 
+    # -- scoring without decoding (judge/logprob.py) --------------------------------------------
+
+    def label_logprobs(self, requests: list[ChatRequest], labels: list[str]) -> list[dict[str, float] | str]:
+        """log P(label) of each label as the first token of each request's reply: one forward pass
+        per batch, no decoding loop. A label's probability sums its spellings' first tokens ("A",
+        " A"), over the whole vocabulary (no top-k cut). In place of a dict, a string says why that
+        request could not be scored."""
+        import torch
+
+        tok = self.tokenizer
+        first = self.label_token_ids(labels)
+        out: list[dict[str, float] | str] = [""] * len(requests)
+        rows = []
+        for i, req in enumerate(requests):
+            ids = self.prompt_ids(req)
+            if len(ids) >= self.max_positions:
+                out[i] = f"prompt has {len(ids)} tokens; the model takes at most {self.max_positions}: shorten it"
+            else:
+                rows.append((i, ids))
+        rows.sort(key=lambda r: -len(r[1]))
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            width = max(len(ids) for _, ids in batch)
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for _, x in batch], device=self.device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for _, x in batch], device=self.device)
+            try:
+                with torch.inference_mode():  # explicit positions: left padding must not shift a row
+                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                        logits_to_keep=1).logits[:, -1].float()
+                lp = torch.log_softmax(logits, dim=-1)
+            except Exception as e:  # one bad batch must not end a job
+                for i, _ in batch:
+                    out[i] = f"{type(e).__name__}: {str(e)[:200]}"
+                continue
+            for k, (i, _) in enumerate(batch):
+                out[i] = {lab: float(torch.logsumexp(lp[k, v], dim=0)) for lab, v in first.items()}
+        return out
+
+    def label_token_ids(self, labels: list[str]) -> dict[str, list[int]]:
+        """The first token of each label's spellings as a reply's first token ("A", " A")."""
+        enc = self.tokenizer.encode
+        return {lab: sorted({ids[0] for ids in (enc(v, add_special_tokens=False) for v in (lab, " " + lab)) if ids})
+                for lab in labels}
+
+    # -- structured output (backends/structured.py) ----------------------------------------------
+
+    def _constraint(self) -> Any:
+        """The tokenizer's grammar view; False where it cannot be built (a slow, Python-only
+        tokenizer): schemas are then not enforced, as before structured output, with a warning."""
+        from .structured import constraint_for
+
+        if self._schema is None:
+            try:
+                self._schema = constraint_for(self.tokenizer, self.model.config.vocab_size, self.eos_ids)
+            except Exception as e:
+                warnings.warn(f"json_schema will not be enforced for {self.model_id}: {str(e)[:200]}", stacklevel=2)
+                self._schema = False
+        return self._schema
+
+    def schema_error(self, req: ChatRequest) -> str | None:
+        """Why the request's json_schema cannot be enforced (it then fails alone), or None."""
+        return None if req.json_schema is None or not self._constraint() else self._constraint().check(req.json_schema)
+
+    def schema_rows(self, requests: list[ChatRequest], budgets: list[int]) -> Any:
+        """Grammar matchers for a batch (one per row with a json_schema), or None."""
+        if not any(r.json_schema is not None for r in requests) or not self._constraint():
+            return None
+        return self._constraint().rows([r.json_schema for r in requests], budgets)
 
     def _prefill_unpadded(self, prompts: list[list[int]], width: int) -> Any:
         """The KV cache of every prompt but its last token, each computed alone, left-padded

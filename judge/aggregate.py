@@ -31,7 +31,7 @@ def _judgments(corpus: Corpus, rubric: Rubric, gen_ids: list[str], pairs: bool) 
         hs = pa.table({"h": hashes})  # noqa: F841
         cur = con.execute(
             f"SELECT target_id, generation_a, generation_b, judge, criterion, sample_idx, \"order\", score, parse_status, "
-            f"json_extract_string(meta, '$.winner_id') AS winner_id FROM judgments "
+            f"json_extract_string(meta, '$.winner_id') AS winner_id, json_extract_string(meta, '$.method') AS method FROM judgments "
             f"WHERE rubric = ? AND rubric_version IS NOT DISTINCT FROM ? AND criterion_hash IN (SELECT h FROM hs) "
             f"AND target_kind = ? AND {col} IN (SELECT k FROM wanted)",
             [rubric.name, rubric.version, "pair" if pairs else "generation"],
@@ -143,7 +143,8 @@ def _pairwise(corpus: Corpus, rubric: Rubric, cands: list[dict], touched: set[st
                                     consistent=v["consistent"], n_judgments=v["n"], run_id=run_id))
         if v["inconsistent"] and (a in touched or b in touched):
             flags.append(Flag(target_id=pid, target_kind="pair", kind="position_inconsistent", stage="judge", run_id=run_id,
-                              reason=f"{criterion}: {v['inconsistent']} of {v['n']} verdicts changed with the order; counted as a tie",
+                              reason=f"{criterion}: {v['inconsistent']} of {v['n']} verdicts changed with the order; "
+                              + ("decided by P(win) averaged over both orders" if v.get("debiased") else "counted as a tie"),
                               details={"generation_a": a, "generation_b": b, "criterion": criterion}))
     weights = {c.name: c.weight for c in rubric.criteria}
     hashes = {c.name: rubric.criterion_hash(c) for c in rubric.criteria}

@@ -2,7 +2,9 @@
 
 A pair's verdict per (judge, sample) reconciles its two orders: if the 'ab' and 'ba' verdicts
 name different winners the pair is a tie and gets a `position_inconsistent` flag (the judge was
-swayed by position, not content). The jury's verdicts are then combined by majority. A
+swayed by position, not content). A logprob judge (judge/logprob.py) gives probabilities, not just
+winners: its verdict is the side whose P(win) averaged over both orders is above one half, so a
+slot preference cancels out; orders that disagree are still flagged. The jury's verdicts are then combined by majority. A
 candidate's criterion score is its win rate over the pairs it was in (a tie counts half), which
 also orders candidates for ranking mode.
 """
@@ -66,23 +68,36 @@ def reconcile(rows: list[dict]) -> dict[tuple, dict[str, Any]]:
     parse_status. A (judge, sample) with an order missing or unparsed contributes nothing.
     """
     votes: dict[tuple, dict[tuple, dict[str, Any]]] = defaultdict(dict)
+    probs: dict[tuple, dict[tuple, dict[str, float]]] = defaultdict(dict)
     members: dict[str, tuple[str, str]] = {}
     for r in rows:
         if r["parse_status"] == "failed":
             continue
-        key = (r["target_id"], r["criterion"])
+        key, voter = (r["target_id"], r["criterion"]), (r["judge"], r["sample_idx"])
         members[r["target_id"]] = tuple(sorted((r["generation_a"], r["generation_b"])))  # type: ignore[assignment]
-        votes[key].setdefault((r["judge"], r["sample_idx"]), {})[r["order"]] = r["winner_id"]
+        votes[key].setdefault(voter, {})[r["order"]] = r["winner_id"]
+        if r.get("method") == "logprob" and r["score"] is not None:
+            # score = P(shown first wins); kept as P(the pair's first member wins) to average the orders
+            first_member = members[r["target_id"]][0]
+            p = float(r["score"]) if r["generation_a"] == first_member else 1.0 - float(r["score"])
+            probs[key].setdefault(voter, {})[r["order"]] = p
     out = {}
     for key, by_voter in votes.items():
-        verdicts, inconsistent = [], 0
-        for orders in by_voter.values():
+        verdicts, inconsistent, debiased = [], 0, 0
+        for voter, orders in by_voter.items():
             if "ab" not in orders or "ba" not in orders:
                 continue
-            if orders["ab"] == orders["ba"]:
+            if orders["ab"] != orders["ba"]:
+                inconsistent += 1
+            p = probs[key].get(voter, {})
+            if "ab" in p and "ba" in p:  # a logprob judge: average over both orders cancels slot bias
+                debiased += 1
+                mean = (p["ab"] + p["ba"]) / 2
+                lo, hi = members[key[0]]
+                verdicts.append(lo if mean > 0.5 else hi if mean < 0.5 else None)
+            elif orders["ab"] == orders["ba"]:
                 verdicts.append(orders["ab"])
             else:
-                inconsistent += 1
                 verdicts.append(None)  # position decided it: a tie
         if not verdicts:
             continue
@@ -92,7 +107,7 @@ def reconcile(rows: list[dict]) -> dict[tuple, dict[str, Any]]:
         winner = leaders[0] if len(leaders) == 1 else None
         a, b = members[key[0]]
         out[key] = {"generation_a": a, "generation_b": b, "winner": winner, "n": len(verdicts),
-                    "inconsistent": inconsistent, "consistent": inconsistent == 0}
+                    "inconsistent": inconsistent, "consistent": inconsistent == 0, "debiased": debiased}
     return out
 
 

@@ -11,11 +11,8 @@ so each row computes exactly what it would alone.
 Greedy requests without stop strings take this path; sampled requests and stop strings go to
 the wrapped backend unchanged (judges run at temperature 0 by default).
 
-With `guided=True` (opt-in; needs lm-format-enforcer) a request's `json_schema` is enforced
-token by token: only tokens that keep the reply a valid prefix of a schema-valid JSON document
-are allowed. It is off by default because on this 2-core CPU it costs far more than the model
-(tens of ms per token inside a string, measured with the tiny test model). Guided answers differ
-from unguided ones, so the call-cache key names the model `<model>+guided`.
+A request's `json_schema` is enforced with the hf backend's own grammar matchers
+(backends/structured.py), so both paths give the same constrained answers and share cache entries.
 """
 
 from __future__ import annotations
@@ -30,56 +27,24 @@ from backends.base import Deliver, Progress
 MIN_PREFIX = 32  # below this many shared tokens, reuse saves less than the copy costs
 
 
-_TOKENIZER_DATA: dict[int, Any] = {}
-
-
-def _enforcer_data(tok: Any) -> Any:
-    """lm-format-enforcer's view of the vocabulary (about 10 s for 49k tokens; once per tokenizer).
-    Built here because its transformers integration does not import under transformers 5."""
-    key = id(tok)
-    if key not in _TOKENIZER_DATA:
-        from lmformatenforcer.tokenenforcer import TokenEnforcerTokenizerData
-
-        zero = tok.encode("0", add_special_tokens=False)[-1]
-        special = set(tok.all_special_ids)
-        regular = []
-        for i in range(len(tok)):
-            if i not in special:
-                after_zero, alone = tok.decode([zero, i])[1:], tok.decode([i])
-                regular.append((i, after_zero, len(after_zero) > len(alone)))
-        _TOKENIZER_DATA[key] = TokenEnforcerTokenizerData(
-            regular, lambda ids: tok.decode(ids).rstrip("\ufffd"), tok.eos_token_id, False, len(tok))
-    return _TOKENIZER_DATA[key]
-
-
-def guided_available() -> bool:
-    try:
-        import lmformatenforcer  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class PrefixReuseBackend(Backend):
     name = "hf"
-    supports_json_schema = False
+    supports_json_schema = True
     supports_logprobs = True
 
     streams_results = True  # each finished batch is delivered (saved) before the next runs
 
-    def __init__(self, inner: Any, guided: bool = False):
+    def __init__(self, inner: Any):
         super().__init__(inner.model_id)
         self.inner = inner
         self.max_prompt_bytes = inner.max_prompt_bytes
         self.batch_size = getattr(inner, "batch_size", 16)
-        self.guided = guided and guided_available()
-        self.supports_json_schema = self.guided  # type: ignore[misc]
         self.stats = {"prefix_tokens_saved": 0, "prefills": 0}
 
     @property
     def model_id(self) -> str:
-        # unguided answers equal the hf backend's, so they share its cache entries
-        return self.inner.model_id + ("+guided" if self.guided else "")
+        # answers equal the hf backend's, so they share its cache entries
+        return self.inner.model_id
 
     def close(self) -> None:
         self.inner.close()
@@ -89,7 +54,7 @@ class PrefixReuseBackend(Backend):
         fast: dict[str, list[int]] = {}
         slow: list[int] = []
         for i, r in enumerate(requests):
-            if r.params.temperature == 0 and not r.params.stop:
+            if r.params.temperature == 0 and not r.params.stop and not self.inner.schema_error(r):
                 fast.setdefault(r.messages[0]["content"], []).append(i)
             else:
                 slow.append(i)
@@ -137,43 +102,79 @@ class PrefixReuseBackend(Backend):
         return [Completion(text=t, finish_reason=f, prompt_tokens=len(x), completion_tokens=n, latency_ms=share, logprobs=lp)
                 for (t, f, n, lp), x in zip(texts, ids)]
 
-    def _enforcers(self, reqs: list[ChatRequest]) -> list[Any]:
-        if not self.guided or not any(r.json_schema for r in reqs):
-            return _no_enforcer(reqs)
-        from lmformatenforcer import CharacterLevelParserConfig, JsonSchemaParser, TokenEnforcer
-
-        data = _enforcer_data(self.inner.tokenizer)
-        config = CharacterLevelParserConfig(max_consecutive_whitespaces=2)
-        return [TokenEnforcer(data, JsonSchemaParser(r.json_schema, config=config)) if r.json_schema else None for r in reqs]
-
-    def _decode(self, reqs: list[ChatRequest], ids: list[list[int]], shared: int) -> list[tuple[str, str, int, Any]]:
+    def _prefill(self, ids: list[list[int]], shared: int) -> tuple[Any, Any, Any]:
+        """Next-token logits of every row (batch x vocab), the KV cache and the attention mask, with
+        the first `shared` tokens computed once for the batch. Call under torch.inference_mode."""
         import torch
         from transformers import DynamicCache
 
         model, tok, dev = self.inner.model, self.inner.tokenizer, self.inner.device
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        b = len(ids)
+        cache = DynamicCache(config=model.config)
+        if shared:
+            prefix = torch.tensor([ids[0][:shared]], device=dev)
+            model(input_ids=prefix, past_key_values=cache, use_cache=True)
+            self.stats["prefills"] += 1
+            if b > 1:
+                cache = copy.deepcopy(cache)
+                cache.batch_repeat_interleave(b)
+        suffixes = [x[shared:] for x in ids]
+        width = max(len(s) for s in suffixes)
+        inp = torch.full((b, width), pad, dtype=torch.long, device=dev)
+        mask = torch.zeros((b, shared + width), dtype=torch.long, device=dev)
+        mask[:, :shared] = 1
+        pos = torch.zeros((b, width), dtype=torch.long, device=dev)
+        for r, s in enumerate(suffixes):
+            inp[r, width - len(s):] = torch.tensor(s, device=dev)
+            mask[r, shared + width - len(s):] = 1
+            pos[r, width - len(s):] = torch.arange(shared, shared + len(s), device=dev)
+            pos[r, : width - len(s)] = shared  # padding: hidden by the mask, any valid position
+        logits = model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1]
+        return logits, cache, mask
+
+    def label_logprobs(self, requests: list[ChatRequest], labels: list[str]) -> list[dict[str, float] | str]:
+        """The hf backend's `label_logprobs` (one forward pass, no decoding), with the rubric prefix
+        that a batch shares computed once: most of a judge prompt is that prefix."""
+        import torch
+
+        first = self.inner.label_token_ids(labels)
+        out: list[dict[str, float] | str] = [""] * len(requests)
+        ids = [self.inner.prompt_ids(r) for r in requests]
+        groups: dict[str, list[int]] = {}
+        alone = []
+        for i, r in enumerate(requests):
+            if len(ids[i]) >= self.inner.max_positions or len(ids[i]) < 2:
+                alone.append(i)  # the hf backend says why, or scores it unshared
+            else:
+                groups.setdefault(r.messages[0]["content"], []).append(i)
+        for idxs in groups.values():
+            for start in range(0, len(idxs), self.batch_size):
+                part = idxs[start : start + self.batch_size]
+                rows = [ids[i] for i in part]
+                shared = min(_common_prefix(rows), min(len(x) for x in rows) - 1)
+                try:
+                    with torch.inference_mode():
+                        lp = torch.log_softmax(self._prefill(rows, shared if shared >= MIN_PREFIX else 0)[0].float(), dim=-1)
+                except Exception as e:  # one bad batch must not end a job
+                    for i in part:
+                        out[i] = f"{type(e).__name__}: {str(e)[:200]}"
+                    continue
+                for k, i in enumerate(part):
+                    out[i] = {lab: float(torch.logsumexp(lp[k, v], dim=0)) for lab, v in first.items()}
+        if alone:
+            for i, r in zip(alone, self.inner.label_logprobs([requests[i] for i in alone], labels)):
+                out[i] = r
+        return out
+
+    def _decode(self, reqs: list[ChatRequest], ids: list[list[int]], shared: int) -> list[tuple[str, str, int, Any]]:
+        import torch
+
+        model, tok, dev = self.inner.model, self.inner.tokenizer, self.inner.device
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         b = len(reqs)
         with torch.inference_mode():
-            cache = DynamicCache(config=model.config)
-            if shared:
-                prefix = torch.tensor([ids[0][:shared]], device=dev)
-                model(input_ids=prefix, past_key_values=cache, use_cache=True)
-                self.stats["prefills"] += 1
-                if b > 1:
-                    cache = copy.deepcopy(cache)
-                    cache.batch_repeat_interleave(b)
-            suffixes = [x[shared:] for x in ids]
-            width = max(len(s) for s in suffixes)
-            inp = torch.full((b, width), pad, dtype=torch.long, device=dev)
-            mask = torch.zeros((b, shared + width), dtype=torch.long, device=dev)
-            mask[:, :shared] = 1
-            pos = torch.zeros((b, width), dtype=torch.long, device=dev)
-            for r, s in enumerate(suffixes):
-                inp[r, width - len(s):] = torch.tensor(s, device=dev)
-                mask[r, shared + width - len(s):] = 1
-                pos[r, width - len(s):] = torch.arange(shared, shared + len(s), device=dev)
-                pos[r, : width - len(s)] = shared  # padding: hidden by the mask, any valid position
-            logits = model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1]
+            logits, cache, mask = self._prefill(ids, shared)
             next_pos = torch.tensor([len(x) for x in ids], device=dev)
             limit = [min(r.params.max_new_tokens, self.inner.max_positions - len(x)) for r, x in zip(reqs, ids)]
             tokens: list[list[int]] = [[] for _ in range(b)]
@@ -181,18 +182,13 @@ class PrefixReuseBackend(Backend):
             done = [False] * b
             finish = ["length"] * b
             eos = self.inner.eos_ids
-            enforcers = self._enforcers(reqs)
+            schema_rows = self.inner.schema_rows(reqs, limit)
+            n_out = 0  # tokens generated so far (the same for every row still decoding)
             while True:
                 logits = logits.float()
-                for r, enf in enumerate(enforcers):
-                    if enf is not None and not done[r]:
-                        allowed = enf.get_allowed_tokens(ids[r] + tokens[r])
-                        allowed = list(getattr(allowed, "allowed_tokens", allowed))
-                        if not allowed:
-                            continue
-                        keep = torch.full_like(logits[r], float("-inf"))
-                        keep[torch.tensor(allowed, dtype=torch.long, device=dev)] = 0.0
-                        logits[r] = logits[r] + keep
+                if schema_rows is not None:
+                    schema_rows.apply(logits, n_out, [None if n_out == 0 or done[r] else tokens[r][-1] for r in range(b)])
+                n_out += 1
                 lp = torch.log_softmax(logits, dim=-1)
                 chosen = lp.argmax(dim=-1).tolist()
                 for r in range(b):
@@ -209,6 +205,8 @@ class PrefixReuseBackend(Backend):
                         if k:
                             vals, alts = lp[r].topk(k)
                             for v, a in zip(vals.tolist(), alts.tolist()):
+                                if v == float("-inf"):  # forbidden by the schema
+                                    break
                                 top.setdefault(tok.decode([a]), v)
                         lps[r].append(TokenLogprob(token=tok.decode([t]), logprob=float(lp[r, t]), top=top))
                     if len(tokens[r]) >= limit[r]:
@@ -222,10 +220,6 @@ class PrefixReuseBackend(Backend):
                 next_pos = next_pos + 1
         return [(tok.decode(tokens[r], skip_special_tokens=True), finish[r], len(tokens[r]),
                  lps[r] if reqs[r].top_logprobs is not None else None) for r in range(b)]
-
-
-def _no_enforcer(reqs: list[ChatRequest]) -> list[None]:
-    return [None] * len(reqs)
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from corpus import UserError, content_id
 from corpus.yamlfile import line_of, load_yaml
@@ -41,6 +42,25 @@ class JudgeSpec(Strict):
     samples: int = Field(1, ge=1, le=16)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_new_tokens: int = Field(160, ge=8, le=4096)
+    method: Literal["generate", "logprob"] = Field(
+        "generate", description="generate: a JSON verdict decoded token by token; logprob: one forward pass, the "
+        "verdict's probabilities (pairwise P(A) vs P(B), pointwise the expected score over the scale's digits)")
+
+    @model_validator(mode="after")
+    def _method(self) -> "JudgeSpec":
+        if self.method == "logprob" and self.samples != 1:
+            raise ValueError("method: logprob reads probabilities, it does not sample: set `samples: 1`")
+        if self.method == "logprob" and self.backend == "fake":
+            raise ValueError("method: logprob needs a backend that returns logprobs (hf, vllm or openai)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # the default method stays out of the dump, so rubric hashes from before the key existed hold
+        data = handler(self)
+        if data.get("method") == "generate":
+            data.pop("method")
+        return data
 
 
 class VerifierSpec(Strict):
@@ -160,6 +180,12 @@ class Rubric(Strict):
             if self.mode == "pointwise" and c.kind == "llm" and not c.scale:
                 raise LocatedError(
                     f"criterion {c.name!r} needs a `scale:` (level: anchor text, e.g. 1: poor ... 5: excellent)", ("criteria", i))
+            if self.mode == "pointwise" and c.kind == "llm" and c.scale and (c.lo < 0 or c.hi > 9):
+                for j, spec in enumerate(self.judges):
+                    if spec.method == "logprob":
+                        raise LocatedError(f"method: logprob scores pointwise criteria on one-digit scales (0-9); criterion "
+                                           f"{c.name!r} goes from {c.lo} to {c.hi}: rescale it or use method: generate",
+                                           ("judges", j, "method"))
             if self.mode != "pointwise" and c.kind != "llm":
                 raise LocatedError(f"criterion {c.name!r}: verifiers apply to pointwise rubrics only; move it to a pointwise rubric", ("criteria", i))
         return self

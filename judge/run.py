@@ -21,7 +21,7 @@ from corpus import BatchWriter, Corpus, Flag, Judgment, Record, UserError, conte
 from corpus.sqlcheck import where_query
 from corpus.progress import progress as progress_display
 
-from . import aggregate, pairwise
+from . import aggregate, logprob, pairwise
 from .calls import LLMTask, ask, to_records
 from .injection import find_injection
 from .render import pointwise_request
@@ -40,7 +40,7 @@ def judgment_id(fields: dict[str, Any]) -> str:
 
 def judge_name(spec: JudgeSpec) -> str:
     model = spec.model or (EMBEDDED_NAME if spec.backend in ("hf", "vllm") else "default")
-    return f"{spec.backend}:{model}"
+    return f"{spec.backend}:{model}" + ("+logprob" if spec.method == "logprob" else "")
 
 
 def load_candidates(corpus: Corpus, where: str | None) -> list[dict[str, Any]]:
@@ -90,7 +90,7 @@ class Judges:
             inner = backend.inner if isinstance(backend, CachedBackend) else backend
             base = rubric.judges[0] if rubric.judges else JudgeSpec()
             self.specs = [base]
-            self.names = [f"{inner.name}:{inner.model_id}"]
+            self.names = [f"{inner.name}:{inner.model_id}" + ("+logprob" if base.method == "logprob" else "")]
         else:
             self.specs = list(rubric.judges)
             self.names = [judge_name(s) for s in self.specs]
@@ -198,6 +198,10 @@ def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, ru
         hydrate(corpus, cands, touched)
         llm = [f for f in todo if not f["judge"].startswith("verifier:")]
         ver = [f for f in todo if f["judge"].startswith("verifier:")]
+        by_logprob = [f for f in llm if judges.specs[f["_j"]].method == "logprob"]  # no decoding: judge/logprob.py
+        llm = [f for f in llm if judges.specs[f["_j"]].method != "logprob"]
+        if by_logprob:
+            logprob.check_backends(judges.specs, judges.backends(), by_logprob)
         with progress_display(f"judging {rubric.name} v{rubric.version}", len(llm), progress) as tick:
             for start in range(0, len(llm), CHUNK):
                 chunk = llm[start : start + CHUNK]
@@ -208,6 +212,13 @@ def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, ru
                     counts[k] += v
                 note(recs)
                 writer.add(recs)
+        if by_logprob:
+            with progress_display(f"logprob judging {rubric.name} v{rubric.version}", len(by_logprob), progress) as tick:
+                for recs, st in logprob.judge(rubric, judges.backends(), by_logprob, run_id, tick):
+                    for k, v in st.items():
+                        counts[k] += v
+                    note(recs)
+                    writer.add(recs)
         if ver:
             recs = _run_verifiers(corpus, rubric, ver, run_id, unsafe_exec)
             for r in recs:

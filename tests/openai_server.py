@@ -19,7 +19,8 @@ Replies are deterministic: "echo: <last user message>", cut to `max_tokens` word
 one token, so usage counts are exact); `stop` strings cut the text; `reply=` (a dict prompt ->
 text, or a callable of the request body) scripts other replies. A `response_format` of type
 json_object or json_schema gets a JSON object (filled from the schema's properties);
-`logprobs`/`top_logprobs` get deterministic per-token logprobs.
+`logprobs`/`top_logprobs` get deterministic per-token logprobs; `first_logprobs=` (a callable of the
+request body -> {token: logprob}) scripts a one-token reply's distribution instead.
 
 Faults, per prompt (the last user message), exact: `faults={"p1": ["429:2", "500"]}` means the
 first request for "p1" gets a 429 with `Retry-After: 2`, the second a 500, the third and later a
@@ -129,6 +130,9 @@ class OpenAIServer:
     reply: "dict[str, str] | Callable[[dict[str, Any]], str] | None" = None
     reject_json_schema: bool = False
     reject_max_tokens: bool = False
+    # scripted first-token distribution {token: logprob} of a request (a callable of its body):
+    # the reply is the likeliest token, and logprobs/top_logprobs report these alternatives
+    first_logprobs: "Callable[[dict[str, Any]], dict[str, float]] | None" = None
     echo_auth: bool = False
     hang_s: float = 300.0
     port: int = 0
@@ -258,8 +262,18 @@ class OpenAIServer:
         if len(words) > limit:
             words, finish = words[:limit], "length"
         text = " ".join(words)
+        alts = self.first_logprobs(body) if self.first_logprobs is not None else None
+        if alts:
+            text = max(alts, key=lambda t: alts[t])
+            words = [text]
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-        if body.get("logprobs"):
+        if body.get("logprobs") and alts:
+            ranked = sorted(alts.items(), key=lambda kv: -kv[1])[: int(body.get("top_logprobs") or 0)]
+            choice["logprobs"] = {"content": [{
+                "token": text, "logprob": alts[text], "bytes": list(text.encode()),
+                "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in ranked],
+            }]}
+        elif body.get("logprobs"):
             k = int(body.get("top_logprobs") or 0)
             choice["logprobs"] = {
                 "content": [
