@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import UserError
+from .errors import UserError, not_utf8, read_text
 
 ROLES = ("system", "user", "assistant")
 SHAPES = ("prompt/chosen/rejected (TRL)", "chosen/rejected dialogues (HH-RLHF)",
@@ -75,7 +75,7 @@ def read_rows(path: str | Path, split: str | None = None) -> Iterator[tuple[str,
         yield from ((f"{p}:row {i}", r) for i, r in enumerate(rows, 1))
         return
     if suffix == ".json":
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p, "preference file")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -89,8 +89,14 @@ def read_rows(path: str | Path, split: str | None = None) -> Iterator[tuple[str,
                 raise UserError(f"{p}: expected a JSON list of objects (or JSONL, one object a line)")
             yield from ((f"{p}[{i}]", r) for i, r in enumerate(data))
             return
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with p.open("rb") as f:
+        offset = 0
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise not_utf8(f"{p}:{n}", e, offset + (3 if n == 1 and raw.startswith(b"\xef\xbb\xbf") else 0)) from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:

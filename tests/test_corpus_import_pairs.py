@@ -158,3 +158,15 @@ def test_cli(tmp_path):
     assert r.returncode == 0 and "new 1 prompts, 2 generations, 1 pairs" in r.stdout and "python -m train rm" in r.stdout
     r = run(str(tmp_path / "missing.jsonl"))
     assert r.returncode == 2 and "no such file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["p.jsonl", "p.json"])
+def test_not_utf8_file_is_one_line_exit_2(tmp_path, name):
+    f = tmp_path / name
+    f.write_bytes(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b"}).encode() + b"\n"
+                  + b'{"prompt": "caf\xe9?", "chosen": "a", "rejected": "b"}\n')
+    db = tmp_path / "c.duckdb"
+    r = subprocess.run([sys.executable, "-m", "corpus", "--db", str(db), "import-pairs", str(f)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "not UTF-8" in r.stderr and "byte offset 64" in r.stderr, r.stderr
