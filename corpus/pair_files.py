@@ -19,6 +19,7 @@ A row's category (for per-category agreement) comes from `category`, else `sourc
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,6 +236,8 @@ def _completions(row: dict[str, Any], key: str, multi: str) -> tuple[list[tuple]
             raise BadRow(f"'{key}'[{i}] must be an object with a response and a score")
         text = next((c[k] for k in ("response", "text", "content", "completion") if isinstance(c.get(k), str)), None)
         score = _score(c)
+        if score is not None and not math.isfinite(score):
+            raise BadRow(f"'{key}'[{i}] has the score {score}; give a finite number")
         if text is None or not text.strip() or score is None:
             raise BadRow(f"'{key}'[{i}] needs a response text (response|text|content) and a score (overall_score|score|rating)")
         scored.append((score, text.strip(), c.get("model") if isinstance(c.get("model"), str) else None))
@@ -293,6 +296,9 @@ def row_pairs(row: Any, where: str, multi: str = "best_worst") -> tuple[list[Lab
             raise BadRow("'chosen' and 'rejected' differ before their last assistant turn; they must answer the same dialogue")
     margin = None
     if isinstance(row.get("score_chosen"), (int, float)) and isinstance(row.get("score_rejected"), (int, float)):
+        for k in ("score_chosen", "score_rejected"):
+            if not math.isfinite(row[k]):
+                raise BadRow(f"'{k}' is {row[k]}; give a finite number or leave it out")
         margin = float(row["score_chosen"]) - float(row["score_rejected"])
     if chosen == rejected:
         return [], "chosen = rejected"
@@ -303,6 +309,8 @@ def parse_file(path: str | Path, split: str | None = None, multi: str = "best_wo
                limit: int | None = None) -> ParsedFile:
     """Every pair in the file, all rows checked first; a bad row is a UserError naming file:line
     (with skip_bad: listed in `bad` and left out)."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: give a number of pairs of 1 or more (or leave --limit out for all)")
     pairs: list[LabelledPair] = []
     skipped: dict[str, int] = {}
     bad: list[str] = []

@@ -170,3 +170,24 @@ def test_not_utf8_file_is_one_line_exit_2(tmp_path, name):
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "not UTF-8" in r.stderr and "byte offset 64" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "Q", "chosen": "a", "rejected": "b", "score_chosen": float("nan"), "score_rejected": 1}, "'score_chosen' is nan"),
+    ({"prompt": "Q", "chosen": "a", "rejected": "b", "score_chosen": 1, "score_rejected": float("inf")}, "'score_rejected' is inf"),
+    ({"prompt": "Q", "completions": [{"response": "a", "score": float("nan")}, {"response": "b", "score": 1}]},
+     r"'completions'\[0\] has the score nan"),
+])
+def test_scores_must_be_finite(tmp_path, corpus, row, message):
+    f = _write(tmp_path / "x.jsonl", [row])  # json.dumps writes NaN / Infinity, which json.loads reads back
+    with pytest.raises(UserError, match=rf"{f}:1: {message}"):
+        import_pairs(corpus, f)
+    assert corpus.query("SELECT count(*) AS n FROM pairs")[0]["n"] == 0
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_limit_below_one_is_rejected(tmp_path, limit):
+    f = _write(tmp_path / "p.jsonl", [{"prompt": "Q?", "chosen": "a", "rejected": "b"}])
+    r = subprocess.run([sys.executable, "-m", "corpus", "--db", str(tmp_path / "c.duckdb"), "import-pairs", str(f),
+                        "--limit", limit], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and f"--limit {limit}" in r.stderr, r.stderr
