@@ -3,7 +3,8 @@ and error messages chosen by code.
 
 - Login attempts are limited per client address (every attempt counts) and per token id (failed
   attempts count; one still being checked holds its place until it is decided), with the
-  `limits` library's moving window; a refused attempt gets 429 and Retry-After before any hashing, so a flood costs the server almost nothing.
+  `limits` library's moving window; a refused attempt gets 429 and Retry-After before any
+  hashing, so a flood costs the server almost nothing.
 - The Host header must name this server (`--allowed-host`); anything else gets 400, so no
   absolute URL the framework builds (a trailing-slash redirect, say) can point elsewhere.
 - Cookies are `Secure` when the operator says the page is served over https (`--https`) or the
