@@ -1,7 +1,8 @@
 """Reward-model training rows and the held-out figure its run reports.
 
-- `split_heldout`: a fixed share of the release's pairs is kept out of training, chosen by a
-  hash of (seed, pair id), so the same release and seed hold out the same pairs on any machine;
+- `split_heldout`: a fixed share of the release's pairs is kept out of training, whole prompts
+  at a time, chosen by a hash of (seed, prompt id), so the same release and seed hold out the
+  same pairs on any machine and no held-out prompt is trained on through another of its pairs;
 - `fit_dialogues`: TRL's RewardTrainer drops every pair longer than `max_length` tokens, which
   on multi-turn data (HH-RLHF) silently throws away the long dialogues; dropping the earliest
   turns instead keeps the pair and the turns nearest the answer;
@@ -20,17 +21,28 @@ from .data import TrainingSet
 
 
 def split_heldout(ts: TrainingSet, fraction: float, seed: int) -> tuple[TrainingSet, list[dict[str, Any]], list[str]]:
-    """(the training part as a TrainingSet, held-out rows, held-out ids); fraction 0 holds out none."""
+    """(the training part as a TrainingSet, held-out rows, held-out ids); fraction 0 holds out none.
+
+    Whole prompts are held out (ranked by a hash of seed and prompt id), so no pair of a held-out
+    prompt is trained on; the held-out share is about `fraction`, rounded to whole prompts."""
     if fraction <= 0 or len(ts.rows) < 2:
         return ts, [], []
     n_held = min(len(ts.rows) - 1, max(1, round(fraction * len(ts.rows))))
-    ranked = sorted(range(len(ts.ids)), key=lambda i: content_id("heldout", [seed, ts.ids[i]]))
-    held = set(ranked[:n_held])
+    groups: dict[str, list[int]] = {}
+    for i, pid in enumerate(ts.prompt_ids or ts.ids):
+        groups.setdefault(pid or ts.ids[i], []).append(i)
+    held: set[int] = set()
+    for pid in sorted(groups, key=lambda g: content_id("heldout", [seed, g])):
+        if len(held) >= n_held:
+            break
+        if len(held) + len(groups[pid]) < len(ts.rows):  # something must be left to train on
+            held.update(groups[pid])
     train_idx = [i for i in range(len(ts.ids)) if i not in held]
     held_idx = sorted(held)
     train_ids = [ts.ids[i] for i in train_idx]
     train = TrainingSet(ts.release_id, ts.kind, train_ids, [ts.rows[i] for i in train_idx],
-                        snapshot_hash("train:pair", train_ids))
+                        snapshot_hash("train:pair", train_ids),
+                        [ts.prompt_ids[i] for i in train_idx] if ts.prompt_ids else None)
     return train, [ts.rows[i] for i in held_idx], [ts.ids[i] for i in held_idx]
 
 
