@@ -6,8 +6,8 @@
 - `fit_dialogues`: TRL's RewardTrainer drops every pair longer than `max_length` tokens, which
   on multi-turn data (HH-RLHF) silently throws away the long dialogues; dropping the earliest
   turns instead keeps the pair and the turns nearest the answer;
-- `heldout_accuracy`: chosen outscores rejected on the held-out pairs, with a 95% Wilson
-  interval (the batch accuracy TRL logs says little about a model that has seen the batch).
+- `heldout_accuracy`: chosen outscores rejected on the held-out pairs (a tie counts half), with
+  a 95% Wilson interval (the batch accuracy TRL logs says little about a model that has seen the batch).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def fit_dialogues(rows: list[dict[str, Any]], tok: Any, max_length: int) -> tupl
     return out, shortened
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     if n == 0:
         return float("nan"), float("nan")
     p = k / n
@@ -77,17 +77,18 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
-def heldout_accuracy(model_dir: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy of the saved reward model on held-out rows, scored as `judge eval` and the
-    reward_model verifier score them (the whole conversation, up to 2048 tokens)."""
+def heldout_accuracy(model_dir: str, rows: list[dict[str, Any]], max_length: int = 2048) -> dict[str, Any]:
+    """Accuracy of the saved reward model on held-out rows, each fitted to `max_length` tokens as
+    training fitted its rows (earliest turns dropped); a tie counts half, as in `judge eval`."""
     from .reward import RewardScorer
 
     if not rows:
         return {}
-    scorer = RewardScorer(model_dir, max_length=2048)
+    scorer = RewardScorer(model_dir, max_length=max_length)
+    rows, _ = fit_dialogues(rows, scorer.tok, max_length)
     chosen = scorer.score([r["prompt"] + r["chosen"] for r in rows])
     rejected = scorer.score([r["prompt"] + r["rejected"] for r in rows])
-    wins = sum(c > r for c, r in zip(chosen, rejected))
+    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected))
     lo, hi = wilson(wins, len(rows))
     longer = sum(_longer(r["chosen"][-1]["content"], r["rejected"][-1]["content"]) for r in rows)
     return {"heldout_accuracy": wins / len(rows), "heldout_lower": lo, "heldout_upper": hi, "heldout_pairs": len(rows),
