@@ -121,6 +121,12 @@ def test_reimport_adds_nothing_and_release_feeds_the_trainer(tmp_path, corpus):
     assert first["new"] == {"prompts": 4, "generations": 8, "pairs": 4, "releases": 1}
     assert again["new"] == {"prompts": 0, "generations": 0, "pairs": 0, "releases": 0}
     assert again["release_id"] == first["release_id"]
+    renamed = tmp_path / "renamed.jsonl"  # the same pairs under another file name (the default source)
+    renamed.write_bytes(f.read_bytes())
+    moved = import_pairs(corpus, renamed, release=True)
+    assert moved["source"] == "renamed" and moved["release_id"] == first["release_id"]
+    assert moved["new"] == {"prompts": 0, "generations": 0, "pairs": 0, "releases": 0}
+    assert import_pairs(corpus, f, source="other-name")["new"] == {"prompts": 0, "generations": 0, "pairs": 0}
     ts = training_set(corpus, "pair", None)
     assert ts.release_id == first["release_id"] and len(ts.rows) == 4
     assert ts.rows[0]["chosen"][0]["content"].startswith("good")
