@@ -225,3 +225,10 @@ def test_judge_calls_that_fail_transiently_make_eval_exit_3_and_a_rerun_0(tmp_pa
     assert eval_report.eval_main(argv) == 3
     assert "incomplete: 1 of 12 planned judge calls" in capsys.readouterr().err
     assert eval_report.eval_main(argv) == 0
+
+
+def test_the_eval_parser_is_in_the_cli_reference_list():
+    from judge.cli import cli_parsers
+
+    p = cli_parsers()["python -m judge eval"]
+    assert p.prog == "python -m judge eval" and "--labels" in p.format_help()
