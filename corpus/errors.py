@@ -143,9 +143,9 @@ def _duckdb_hint(e: BaseException) -> str | None:
 
     msg = str(e)
     if isinstance(e, duckdb.CatalogException) and (m := _MISSING.search(msg)):
-        from .store import Corpus
+        from .schema import migration_of
 
-        table, made_by = m.group(1), Corpus.migration_of(m.group(1))
+        table, made_by = m.group(1), migration_of(m.group(1))
         if made_by is None:
             return None
         return missing_table(table, made_by)

@@ -1,8 +1,9 @@
 """`python -m corpus import-pairs FILE`: human preferences into the corpus, optionally released.
 
-Each pair becomes a prompt, two generations with provenance `human` (backend `import`, model the
-answer's author where the file names one, else the source) and a pair with method `human`.
-Everything is content-addressed, so importing a file twice adds nothing. The whole file is read
+Each pair becomes a prompt (its `source` column names where it came from), two generations with
+provenance `human` (backend `import`, model the answer's author where the file names one, else
+`human`) and a pair with method `human`. Everything is content-addressed and the source name is
+in no id, so importing a file twice, or again under another name, adds nothing. The whole file is read
 and checked before anything is written, and then written in one transaction.
 
 `--release` also records a release holding exactly this file's pairs (decision
@@ -41,10 +42,11 @@ def pair_records(pairs: list[LabelledPair], source: str, run_id: str | None) -> 
         p = Prompt(messages=lp.prompt, source=source, meta=meta, run_id=run_id)
         gens = []
         for text, author in ((lp.chosen, lp.chosen_model), (lp.rejected, lp.rejected_model)):
-            # the text's hash is in the id: one prompt can have many human answers
+            # the text's hash is in the id: one prompt can have many human answers; the source is
+            # not (it is on the prompt and the run), so the same file under another name adds nothing
             gens.append(Generation(
-                prompt_id=p.id, backend="import", model=author or source, provenance="human", response=text,
-                params={"source": source, "text": content_id("text", text)[:16]}, run_id=run_id,
+                prompt_id=p.id, backend="import", model=author or "human", provenance="human", response=text,
+                params={"text": content_id("text", text)[:16]}, run_id=run_id,
                 completion_tokens=len(text.split()),
             ))
         pr = Pair(prompt_id=p.id, chosen_id=gens[0].id, rejected_id=gens[1].id, margin=lp.margin, method="human",
@@ -83,7 +85,7 @@ def import_pairs(corpus: Corpus, path: str | Path, *, source: str | None = None,
             for table in ("prompts", "generations", "pairs"):
                 new[table] = Corpus._insert_table(con, table, by_table.get(table, []), False) if by_table.get(table) else 0
             if release:
-                release_id, fresh = _release(con, pair_ids, source, str(path), run.id)
+                release_id, fresh = _release(con, pair_ids, run.id)
                 new["releases"] = int(fresh)
         summary = {"rows": parsed.rows, "pairs": len(pair_ids), "new": new, "skipped": parsed.skipped,
                    "bad": len(parsed.bad), "release_id": release_id, "source": source}
@@ -91,10 +93,11 @@ def import_pairs(corpus: Corpus, path: str | Path, *, source: str | None = None,
     return {**summary, "bad_rows": parsed.bad, "pair_ids": pair_ids}
 
 
-def _release(con: Any, pair_ids: list[str], source: str, path: str, run_id: str) -> tuple[str, bool]:
+def _release(con: Any, pair_ids: list[str], run_id: str) -> tuple[str, bool]:
     """A release of exactly these pairs; the same pairs give the same release (nothing new)."""
-    stats = {"imported_from": source, "pair_items": len(pair_ids), "sft_items": 0, "human_checked": False,
-             "labels": "human", "note": f"imported human preference pairs ({Path(path).name}); no review sample was drawn"}
+    # no file or source name here: they are in the run's config, and the release id hashes these stats
+    stats = {"pair_items": len(pair_ids), "sft_items": 0, "human_checked": False,
+             "labels": "human", "note": "imported human preference pairs; no review sample was drawn"}
     rel = Release(snapshot_hash=snapshot_hash("release", [f"pair:{i}" for i in pair_ids]), sample_stats=stats,
                   decision="auto_released", run_id=run_id)
     if con.execute("SELECT 1 FROM releases WHERE id = ?", [rel.id]).fetchone():

@@ -19,12 +19,13 @@ A row's category (for per-category agreement) comes from `category`, else `sourc
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import UserError
+from .errors import UserError, not_utf8, read_text
 
 ROLES = ("system", "user", "assistant")
 SHAPES = ("prompt/chosen/rejected (TRL)", "chosen/rejected dialogues (HH-RLHF)",
@@ -75,7 +76,7 @@ def read_rows(path: str | Path, split: str | None = None) -> Iterator[tuple[str,
         yield from ((f"{p}:row {i}", r) for i, r in enumerate(rows, 1))
         return
     if suffix == ".json":
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p, "preference file")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -89,8 +90,14 @@ def read_rows(path: str | Path, split: str | None = None) -> Iterator[tuple[str,
                 raise UserError(f"{p}: expected a JSON list of objects (or JSONL, one object a line)")
             yield from ((f"{p}[{i}]", r) for i, r in enumerate(data))
             return
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with p.open("rb") as f:
+        offset = 0
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise not_utf8(f"{p}:{n}", e, offset + (3 if n == 1 and raw.startswith(b"\xef\xbb\xbf") else 0)) from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
@@ -229,6 +236,8 @@ def _completions(row: dict[str, Any], key: str, multi: str) -> tuple[list[tuple]
             raise BadRow(f"'{key}'[{i}] must be an object with a response and a score")
         text = next((c[k] for k in ("response", "text", "content", "completion") if isinstance(c.get(k), str)), None)
         score = _score(c)
+        if score is not None and not math.isfinite(score):
+            raise BadRow(f"'{key}'[{i}] has the score {score}; give a finite number")
         if text is None or not text.strip() or score is None:
             raise BadRow(f"'{key}'[{i}] needs a response text (response|text|content) and a score (overall_score|score|rating)")
         scored.append((score, text.strip(), c.get("model") if isinstance(c.get("model"), str) else None))
@@ -287,6 +296,9 @@ def row_pairs(row: Any, where: str, multi: str = "best_worst") -> tuple[list[Lab
             raise BadRow("'chosen' and 'rejected' differ before their last assistant turn; they must answer the same dialogue")
     margin = None
     if isinstance(row.get("score_chosen"), (int, float)) and isinstance(row.get("score_rejected"), (int, float)):
+        for k in ("score_chosen", "score_rejected"):
+            if not math.isfinite(row[k]):
+                raise BadRow(f"'{k}' is {row[k]}; give a finite number or leave it out")
         margin = float(row["score_chosen"]) - float(row["score_rejected"])
     if chosen == rejected:
         return [], "chosen = rejected"
@@ -297,6 +309,8 @@ def parse_file(path: str | Path, split: str | None = None, multi: str = "best_wo
                limit: int | None = None) -> ParsedFile:
     """Every pair in the file, all rows checked first; a bad row is a UserError naming file:line
     (with skip_bad: listed in `bad` and left out)."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: give a number of pairs of 1 or more (or leave --limit out for all)")
     pairs: list[LabelledPair] = []
     skipped: dict[str, int] = {}
     bad: list[str] = []

@@ -153,4 +153,7 @@ def print_audit(report: dict[str, Any]) -> None:
 
 def cli_parsers() -> dict[str, ArgumentParser]:
     """Every parser of `python -m judge`, for the generated CLI reference."""
-    return {"python -m judge": _judge_parser(), "python -m judge audit": _audit_parser()}
+    from .eval_report import eval_parser
+
+    return {"python -m judge": _judge_parser(), "python -m judge audit": _audit_parser(),
+            "python -m judge eval": eval_parser()}

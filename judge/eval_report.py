@@ -10,6 +10,7 @@ from rich.table import Table
 
 from backends import BackendError, add_backend_args, backend_from_args
 from corpus import ArgumentParser, Corpus, UserError
+from corpus.errors import report_incomplete
 
 
 def eval_parser() -> ArgumentParser:
@@ -54,7 +55,9 @@ def eval_main(argv: Sequence[str]) -> int:
         print(json.dumps(report, indent=2))
     else:
         print_eval(report)
-    return 0
+    run = report.get("judge_run") or {}
+    transient = int(run.get("transient") or 0)  # figures over the pairs judged; the rest retried next run
+    return report_incomplete("judge eval", transient, int(run.get("judged") or 0) + transient, "judge calls")
 
 
 def _ci(m: dict[str, Any] | None) -> str:

@@ -220,7 +220,11 @@ def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, ru
                     note(recs)
                     writer.add(recs)
         if ver:
-            recs = _run_verifiers(corpus, rubric, ver, run_id, unsafe_exec)
+            infra: list[str] = []
+            recs = _run_verifiers(corpus, rubric, ver, run_id, unsafe_exec, infra)
+            counts["transient"] += len(infra)
+            if infra:
+                counts["sandbox_failure"] = infra[0][:300]  # the first one, so the user sees why
             for r in recs:
                 if isinstance(r, Judgment):
                     counts["failed" if r.parse_status == "failed" else "ok"] += 1
@@ -272,7 +276,10 @@ def _verifier_fields(rubric: Rubric, cands: list[dict]) -> Iterator[dict]:
                    "criterion": c.name, "criterion_hash": chash, "sample_idx": 0, "_g": g, "_c": c}
 
 
-def _run_verifiers(corpus: Corpus, rubric: Rubric, fields: list[dict], run_id: str, unsafe_exec: bool = False) -> list[Record]:
+def _run_verifiers(corpus: Corpus, rubric: Rubric, fields: list[dict], run_id: str, unsafe_exec: bool = False,
+                   transient: list[str] | None = None) -> list[Record]:
+    """The verifier judgments; an infrastructure failure adds a line to `transient` and stores nothing."""
+    transient = [] if transient is None else transient
     recs: list[Record] = []
     by_criterion: dict[str, list[dict]] = {}
     for f in fields:
@@ -281,6 +288,9 @@ def _run_verifiers(corpus: Corpus, rubric: Rubric, fields: list[dict], run_id: s
         spec = fs[0]["_c"].verifier
         results = run_verifier(spec, [(f["_g"], f["_g"]["response"]) for f in fs], corpus, unsafe_exec)
         for f, r in zip(fs, results):
+            if r.transient:  # the sandbox failed, not the answer: store nothing, the next run asks again
+                transient.append(f"{name}: {r.error}")
+                continue
             meta = {"detail": r.detail, "score_norm": r.score}
             if r.error:
                 meta["error"] = r.error

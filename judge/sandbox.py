@@ -86,6 +86,7 @@ class Verdict:
     cpu_s: float | None = None
     calls: int = 0
     isolation: str = "none"
+    infra: bool = False  # the sandbox itself failed (fork, bwrap, runner), not the answer: retry, never score it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -265,7 +266,7 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
     except OSError as e:
         for fd in (vr, vw, ir, iw):
             os.close(fd)
-        return Verdict(False, "error", f"could not start the sandbox: {e}", isolation=isolation)
+        return Verdict(False, "error", f"could not start the sandbox: {e}", isolation=isolation, infra=True)
     os.close(vw)
     os.close(ir)
     try:
@@ -284,9 +285,9 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
         assert v["reason"] in REASONS
     except (ValueError, KeyError, TypeError, AssertionError):
         if res.stderr.startswith("bwrap:"):
-            res.detail = f"the sandbox failed to start: {res.stderr.strip()[:300]}"
+            res.detail, res.infra = f"the sandbox failed to start: {res.stderr.strip()[:300]}", True
         elif "Traceback" in res.stderr and proc.returncode not in (0, None):
-            res.detail = f"the test runner failed (exit {proc.returncode})"
+            res.detail, res.infra = f"the test runner failed (exit {proc.returncode})", True
         else:
             res.reason = "hack_suspected"
             res.detail = f"the test runner ended without a verdict (exit {proc.returncode}): killed from inside?"

@@ -25,6 +25,7 @@ class VerifierResult:
     score: float | None
     detail: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    transient: bool = False  # an infrastructure failure: nothing is stored, the next run asks again
 
 
 Item = tuple[dict[str, Any], str]  # (prompt row with messages/meta, response)
@@ -73,7 +74,9 @@ def code_exec(spec: VerifierSpec, items: list[Item], workers: int = 2, unsafe: b
     for i, v in zip(slots, verdicts):
         detail = {"reason": v.reason, "detail": v.detail, "duration_s": v.duration_s, "cpu_s": v.cpu_s,
                   "stderr_tail": v.stderr[-400:], "isolation": v.isolation}
-        if v.reason == "refused":
+        if v.infra:
+            out[i] = VerifierResult(None, detail, error=v.detail, transient=True)
+        elif v.reason == "refused":
             out[i] = VerifierResult(None, detail, error=v.detail)
         else:
             out[i] = VerifierResult(1.0 if v.passed else 0.0, detail)

@@ -142,4 +142,4 @@ def csrf_token(cookie: str) -> str:
 
 
 def csrf_ok(cookie: str | None, token: str | None) -> bool:
-    return bool(cookie and token) and hmac.compare_digest(csrf_token(cookie), token)
+    return bool(cookie and token) and hmac.compare_digest(csrf_token(cookie).encode(), token.encode())  # type: ignore[union-attr]

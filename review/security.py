@@ -2,8 +2,9 @@
 and error messages chosen by code.
 
 - Login attempts are limited per client address (every attempt counts) and per token id (failed
-  attempts count), with the `limits` library's moving window; a refused attempt gets 429 and
-  Retry-After before any hashing, so a flood costs the server almost nothing.
+  attempts count; one still being checked holds its place until it is decided), with the
+  `limits` library's moving window; a refused attempt gets 429 and Retry-After before any
+  hashing, so a flood costs the server almost nothing.
 - The Host header must name this server (`--allowed-host`); anything else gets 400, so no
   absolute URL the framework builds (a trailing-slash redirect, say) can point elsewhere.
 - Cookies are `Secure` when the operator says the page is served over https (`--https`) or the
@@ -83,22 +84,39 @@ class LoginLimiter:
 
     def __post_init__(self) -> None:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._pending: dict[str, int] = {}  # token key -> attempts admitted and not finished yet
+        self._lock = threading.Lock()
 
     def _wait(self, item: RateLimitItem, *keys: str) -> int:
         reset = self._limiter.get_window_stats(item, *keys).reset_time
         return max(1, math.ceil(reset - time.time()))
 
     def attempt(self, address: str, token: str) -> int | None:
-        """Count one attempt; None if it may go on, else the seconds to wait (for Retry-After)."""
+        """Admit one attempt; None if it may go on (then call finished() once it is decided), else
+        the seconds to wait (for Retry-After). An admitted attempt holds a place in its token id's
+        budget until it finishes, as if it will fail: concurrent guesses on one id cannot all
+        pass the check before any of them is counted."""
         key = token_key(token)
-        if not self._limiter.test(self.per_token, "token", key):
-            return self._wait(self.per_token, "token", key)
-        if not self._limiter.hit(self.per_address, "address", address):
-            return self._wait(self.per_address, "address", address)
+        with self._lock:
+            pending = self._pending.get(key, 0)
+            if not self._limiter.test(self.per_token, "token", key, cost=pending + 1):
+                return self._wait(self.per_token, "token", key)
+            if not self._limiter.hit(self.per_address, "address", address):
+                return self._wait(self.per_address, "address", address)
+            self._pending[key] = pending + 1
         return None
 
-    def failed(self, token: str) -> None:
-        self._limiter.hit(self.per_token, "token", token_key(token))
+    def finished(self, token: str, ok: bool) -> None:
+        """An admitted attempt is decided: a failure counts against its token id, a success does not."""
+        key = token_key(token)
+        with self._lock:
+            left = self._pending.get(key, 1) - 1
+            if left > 0:
+                self._pending[key] = left
+            else:
+                self._pending.pop(key, None)
+            if not ok:
+                self._limiter.hit(self.per_token, "token", key)
 
 
 def _lowest_priority() -> None:

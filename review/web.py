@@ -129,10 +129,13 @@ def create_app(
                           error=f"Too many login attempts. Wait {wait} s and try again.")
             resp.headers["Retry-After"] = str(wait)
             return resp
-        check = await run_in_threadpool(lookup, token)
-        name = await asyncio.get_running_loop().run_in_executor(hasher, verify_token, check)
+        name = None
+        try:
+            check = await run_in_threadpool(lookup, token)
+            name = await asyncio.get_running_loop().run_in_executor(hasher, verify_token, check)
+        finally:
+            limiter.finished(token, ok=bool(name))
         if not name:
-            limiter.failed(token)
             return render(request, "login.html", status=401, csrf=nonce, error="Unknown or revoked token.")
         cookie = await run_in_threadpool(new_session, name)
         resp = RedirectResponse("/", status_code=303)

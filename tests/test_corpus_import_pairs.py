@@ -121,6 +121,12 @@ def test_reimport_adds_nothing_and_release_feeds_the_trainer(tmp_path, corpus):
     assert first["new"] == {"prompts": 4, "generations": 8, "pairs": 4, "releases": 1}
     assert again["new"] == {"prompts": 0, "generations": 0, "pairs": 0, "releases": 0}
     assert again["release_id"] == first["release_id"]
+    renamed = tmp_path / "renamed.jsonl"  # the same pairs under another file name (the default source)
+    renamed.write_bytes(f.read_bytes())
+    moved = import_pairs(corpus, renamed, release=True)
+    assert moved["source"] == "renamed" and moved["release_id"] == first["release_id"]
+    assert moved["new"] == {"prompts": 0, "generations": 0, "pairs": 0, "releases": 0}
+    assert import_pairs(corpus, f, source="other-name")["new"] == {"prompts": 0, "generations": 0, "pairs": 0}
     ts = training_set(corpus, "pair", None)
     assert ts.release_id == first["release_id"] and len(ts.rows) == 4
     assert ts.rows[0]["chosen"][0]["content"].startswith("good")
@@ -158,3 +164,36 @@ def test_cli(tmp_path):
     assert r.returncode == 0 and "new 1 prompts, 2 generations, 1 pairs" in r.stdout and "python -m train rm" in r.stdout
     r = run(str(tmp_path / "missing.jsonl"))
     assert r.returncode == 2 and "no such file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["p.jsonl", "p.json"])
+def test_not_utf8_file_is_one_line_exit_2(tmp_path, name):
+    f = tmp_path / name
+    f.write_bytes(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b"}).encode() + b"\n"
+                  + b'{"prompt": "caf\xe9?", "chosen": "a", "rejected": "b"}\n')
+    db = tmp_path / "c.duckdb"
+    r = subprocess.run([sys.executable, "-m", "corpus", "--db", str(db), "import-pairs", str(f)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "not UTF-8" in r.stderr and "byte offset 64" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "Q", "chosen": "a", "rejected": "b", "score_chosen": float("nan"), "score_rejected": 1}, "'score_chosen' is nan"),
+    ({"prompt": "Q", "chosen": "a", "rejected": "b", "score_chosen": 1, "score_rejected": float("inf")}, "'score_rejected' is inf"),
+    ({"prompt": "Q", "completions": [{"response": "a", "score": float("nan")}, {"response": "b", "score": 1}]},
+     r"'completions'\[0\] has the score nan"),
+])
+def test_scores_must_be_finite(tmp_path, corpus, row, message):
+    f = _write(tmp_path / "x.jsonl", [row])  # json.dumps writes NaN / Infinity, which json.loads reads back
+    with pytest.raises(UserError, match=rf"{f}:1: {message}"):
+        import_pairs(corpus, f)
+    assert corpus.query("SELECT count(*) AS n FROM pairs")[0]["n"] == 0
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_limit_below_one_is_rejected(tmp_path, limit):
+    f = _write(tmp_path / "p.jsonl", [{"prompt": "Q?", "chosen": "a", "rejected": "b"}])
+    r = subprocess.run([sys.executable, "-m", "corpus", "--db", str(tmp_path / "c.duckdb"), "import-pairs", str(f),
+                        "--limit", limit], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and f"--limit {limit}" in r.stderr, r.stderr

@@ -210,3 +210,25 @@ def test_cli_prints_the_table_and_a_judge_that_never_parses_gets_no_verdicts(tmp
     assert j["no_verdict"] == 6 and j["accuracy"]["value"] == 0.5 and j["position_flip_rate"]["value"] is None
     r = _cli("--rubric", str(PROMPTS / "pairwise.yaml"), "--db", str(db), "--judge-backend", "fake")
     assert r.returncode == 0 and "baseline:longer" in r.stdout and "judge eval: pairwise" in r.stdout
+
+
+def test_judge_calls_that_fail_transiently_make_eval_exit_3_and_a_rerun_0(tmp_path, labels, monkeypatch, capsys):
+    """One judge call answers HTTP 503 (a scripted FakeBackend: the eval CLI builds its backend
+    from flags, so the test hands it this one): the eval reports it as incomplete, exit 3."""
+    from backends import Completion
+    from judge import eval_report
+
+    flaky = FakeBackend("scripted", replies=[Completion(error="HTTP 503", finish_reason="error")], default=ORACLE)
+    monkeypatch.setattr(eval_report, "backend_from_args", lambda args, prefix: flaky)
+    argv = ["--rubric", str(PROMPTS / "pairwise.yaml"), "--db", str(tmp_path / "c.duckdb"), "--labels", str(labels),
+            "--judge-backend", "fake", "--json", "--quiet"]
+    assert eval_report.eval_main(argv) == 3
+    assert "incomplete: 1 of 12 planned judge calls" in capsys.readouterr().err
+    assert eval_report.eval_main(argv) == 0
+
+
+def test_the_eval_parser_is_in_the_cli_reference_list():
+    from judge.cli import cli_parsers
+
+    p = cli_parsers()["python -m judge eval"]
+    assert p.prog == "python -m judge eval" and "--labels" in p.format_help()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from test_judge_helpers import add_candidates
 
-from corpus import ModelRecord, UserError
+from corpus import Corpus, ModelRecord, UserError
 from judge import run_judge
 
 VERIFIERS = """name: checks
@@ -137,3 +137,44 @@ def test_unsafe_and_wall_s_do_not_change_the_criterion_hash(tmp_path):
         r = load_rubric(path)
         hashes.append(r.criterion_hash(r.criteria[0]))
     assert hashes[0] == hashes[1]
+
+
+CODE = """name: code
+version: "1"
+task: Write the function.
+criteria:
+  - name: correctness
+    kind: verifier
+    verifier: {type: code_exec, tests: "assert add(1, 2) == 3", entry_point: add, unsafe: true}
+judges: []
+"""
+
+
+def test_sandbox_that_cannot_fork_is_transient_not_a_zero(corpus, tmp_path, monkeypatch):
+    """A fork that fails with EAGAIN (simulated: Popen raising it, since the host cannot be made to
+    run out of processes in a test) is the sandbox's failure, not the answer's: nothing is stored,
+    the run counts it transient (exit 3), and the next run scores the correct answer 1."""
+    import errno
+    import subprocess
+
+    from judge import cli
+    from judge.sandbox import require_sandbox
+
+    require_sandbox(unsafe=True)  # the probe (once per process) runs before forks start failing
+    (tmp_path / "code.yaml").write_text(CODE)
+    (gen,) = add_candidates(corpus, [("Write add(a, b).", ["def add(a, b):\n    return a + b\n"])])
+    db = corpus.path
+    corpus.close()
+
+    def no_fork(*a, **k):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "Popen", no_fork)
+    assert cli.main(["--rubric", str(tmp_path / "code.yaml"), "--db", str(db), "--quiet"]) == 3
+    c = Corpus(db)
+    assert c.query("SELECT count(*) AS n FROM judgments")[0]["n"] == 0
+    c.close()
+    monkeypatch.undo()
+    assert cli.main(["--rubric", str(tmp_path / "code.yaml"), "--db", str(db), "--quiet"]) == 0
+    c = Corpus(db)
+    assert [r["score"] for r in c.query(f"SELECT score FROM judgments WHERE target_id = '{gen.id}'")] == [1.0]

@@ -84,6 +84,21 @@ def test_failed_logins_on_one_token_id_get_429_from_any_address(queued):
         assert try_login(c, f"{'cd' * 6}.other").status_code == 401  # other ids are unaffected
 
 
+def test_concurrent_attempts_on_one_token_id_cannot_outrun_the_limit():
+    """12 attempts on one id admitted before any is decided (as concurrent requests are, while
+    the first ones wait for the hash): at most 5 at 5/minute. A success gives its place back;
+    a failure keeps it."""
+    lim = limited(per_token="5/minute")
+    token = f"{'ef' * 6}.guess"
+    admitted = [lim.attempt(f"10.0.4.{i}", token) is None for i in range(12)]
+    assert sum(admitted) == 5 and admitted[:5] == [True] * 5
+    assert lim.attempt("10.0.4.99", f"{'ab' * 6}.other") is None  # another id is unaffected
+    for _ in range(4):
+        lim.finished(token, ok=True)
+    lim.finished(token, ok=False)
+    assert sum(lim.attempt("10.0.4.1", token) is None for _ in range(12)) == 4  # one failure spent
+
+
 def test_known_and_unknown_token_ids_cost_exactly_one_hash(queued, monkeypatch):
     from review.auth import check_token, disable_reviewer
 

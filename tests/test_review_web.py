@@ -73,6 +73,9 @@ def test_post_without_or_with_a_wrong_csrf_token_is_refused(served):
         login(c, token)
         assert c.post(f"/item/{item}/verdict", data={"verdict": "approve"}).status_code == 403
         assert c.post(f"/item/{item}/verdict", data={"verdict": "approve", "csrf_token": "0" * 64}).status_code == 403
+        # a non-ASCII token is refused too, not a 500 (compare_digest on str rejects non-ASCII)
+        assert c.post(f"/item/{item}/verdict", data={"verdict": "approve", "csrf_token": "é"}).status_code == 403
+        assert c.post("/logout", data={"csrf_token": "é" * 64}).status_code == 403
         assert n_reviews(corpus) == before
         csrf = page_csrf(c.get(f"/item/{item}").text)
         ok = c.post(f"/item/{item}/verdict", data={"verdict": "approve", "csrf_token": csrf})

@@ -84,3 +84,39 @@ def test_long_dialogues_lose_early_turns_not_the_pair(embedded_dir):
     out, shortened = fit_dialogues(rows, tok, 128)
     assert shortened == 1
     assert out[0]["prompt"] == [{"role": "user", "content": "And now?"}] and out[1] == rows[1]
+
+
+def test_pairs_that_share_a_prompt_are_held_out_together():
+    from train.data import TrainingSet
+    from train.rm_heldout import split_heldout
+
+    prompts = [f"p{i // 3}" for i in range(30)]  # 10 prompts, 3 pairs each
+    ts = TrainingSet("r", "pair", [f"id{i}" for i in range(30)], [{"n": i} for i in range(30)], "h", prompts)
+    for seed in range(5):
+        train, _, held_ids = split_heldout(ts, 0.2, seed)
+        held_prompts = {prompts[int(i[2:])] for i in held_ids}
+        assert len(held_ids) == 6 and len(held_prompts) == 2
+        assert not held_prompts & set(train.prompt_ids)  # no held-out prompt is trained on
+    one = TrainingSet("r", "pair", ["a", "b"], [{}, {}], "h", ["p", "p"])
+    assert split_heldout(one, 0.5, 0)[2] == []  # one prompt: nothing can be held out without training on nothing
+
+
+def test_held_out_scoring_fits_dialogues_as_training_did_and_ties_count_half(tiny_model_dir):
+    """Scored at the training --max-length with the earliest turns dropped (right truncation
+    would cut both answers off and tie every long pair); a tie counts half, as in judge eval.
+    The tiny causal model loads as a reward model with a fresh random head (seeded)."""
+    import torch
+
+    from train.rm_heldout import heldout_accuracy
+
+    torch.manual_seed(0)
+
+    same = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello."}],
+            "rejected": [{"role": "assistant", "content": "Hello."}]}
+    assert heldout_accuracy(str(tiny_model_dir), [same, same], max_length=64)["heldout_accuracy"] == 0.5
+    long = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "reply " * 200},
+            {"role": "user", "content": "And now?"}]
+    row = {"prompt": long, "chosen": [{"role": "assistant", "content": "Yes, gladly."}],
+           "rejected": [{"role": "assistant", "content": "No."}]}
+    m = heldout_accuracy(str(tiny_model_dir), [row], max_length=64)
+    assert m["heldout_margin"] != 0.0 and m["heldout_accuracy"] in (0.0, 1.0)

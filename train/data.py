@@ -24,6 +24,7 @@ class TrainingSet:
     ids: list[str]                 # generation ids (sft) or pair ids (pair)
     rows: list[dict[str, Any]]     # TRL conversational rows
     snapshot_hash: str
+    prompt_ids: list[str] | None = None  # pair sets: each row's prompt, so a prompt's pairs are held out together
 
 
 def resolve_release(corpus: Corpus, release: str | None) -> dict[str, Any]:
@@ -73,7 +74,7 @@ def sft_rows(corpus: Corpus, release_id: str, generated_by: str | None = None) -
 def pair_rows(corpus: Corpus, release_id: str, generated_by: str | None = None) -> TrainingSet:
     recs = corpus.query(
         """
-        SELECT pr.id, p.messages, c.response AS chosen, r.response AS rejected
+        SELECT pr.id, pr.prompt_id, p.messages, c.response AS chosen, r.response AS rejected
         FROM release_items ri
         JOIN pairs pr ON pr.id = ri.item_id
         JOIN prompts p ON p.id = pr.prompt_id
@@ -93,7 +94,7 @@ def pair_rows(corpus: Corpus, release_id: str, generated_by: str | None = None) 
         for r in recs
     ]
     ids = [r["id"] for r in recs]
-    return TrainingSet(release_id, "pair", ids, rows, snapshot_hash("train:pair", ids))
+    return TrainingSet(release_id, "pair", ids, rows, snapshot_hash("train:pair", ids), [r["prompt_id"] for r in recs])
 
 
 def training_set(corpus: Corpus, kind: str, release: str | None, generated_by: str | None = None) -> TrainingSet:

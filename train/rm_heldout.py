@@ -1,12 +1,13 @@
 """Reward-model training rows and the held-out figure its run reports.
 
-- `split_heldout`: a fixed share of the release's pairs is kept out of training, chosen by a
-  hash of (seed, pair id), so the same release and seed hold out the same pairs on any machine;
+- `split_heldout`: a fixed share of the release's pairs is kept out of training, whole prompts
+  at a time, chosen by a hash of (seed, prompt id), so the same release and seed hold out the
+  same pairs on any machine and no held-out prompt is trained on through another of its pairs;
 - `fit_dialogues`: TRL's RewardTrainer drops every pair longer than `max_length` tokens, which
   on multi-turn data (HH-RLHF) silently throws away the long dialogues; dropping the earliest
   turns instead keeps the pair and the turns nearest the answer;
-- `heldout_accuracy`: chosen outscores rejected on the held-out pairs, with a 95% Wilson
-  interval (the batch accuracy TRL logs says little about a model that has seen the batch).
+- `heldout_accuracy`: chosen outscores rejected on the held-out pairs (a tie counts half), with
+  a 95% Wilson interval (the batch accuracy TRL logs says little about a model that has seen the batch).
 """
 
 from __future__ import annotations
@@ -20,17 +21,28 @@ from .data import TrainingSet
 
 
 def split_heldout(ts: TrainingSet, fraction: float, seed: int) -> tuple[TrainingSet, list[dict[str, Any]], list[str]]:
-    """(the training part as a TrainingSet, held-out rows, held-out ids); fraction 0 holds out none."""
+    """(the training part as a TrainingSet, held-out rows, held-out ids); fraction 0 holds out none.
+
+    Whole prompts are held out (ranked by a hash of seed and prompt id), so no pair of a held-out
+    prompt is trained on; the held-out share is about `fraction`, rounded to whole prompts."""
     if fraction <= 0 or len(ts.rows) < 2:
         return ts, [], []
     n_held = min(len(ts.rows) - 1, max(1, round(fraction * len(ts.rows))))
-    ranked = sorted(range(len(ts.ids)), key=lambda i: content_id("heldout", [seed, ts.ids[i]]))
-    held = set(ranked[:n_held])
+    groups: dict[str, list[int]] = {}
+    for i, pid in enumerate(ts.prompt_ids or ts.ids):
+        groups.setdefault(pid or ts.ids[i], []).append(i)
+    held: set[int] = set()
+    for pid in sorted(groups, key=lambda g: content_id("heldout", [seed, g])):
+        if len(held) >= n_held:
+            break
+        if len(held) + len(groups[pid]) < len(ts.rows):  # something must be left to train on
+            held.update(groups[pid])
     train_idx = [i for i in range(len(ts.ids)) if i not in held]
     held_idx = sorted(held)
     train_ids = [ts.ids[i] for i in train_idx]
     train = TrainingSet(ts.release_id, ts.kind, train_ids, [ts.rows[i] for i in train_idx],
-                        snapshot_hash("train:pair", train_ids))
+                        snapshot_hash("train:pair", train_ids),
+                        [ts.prompt_ids[i] for i in train_idx] if ts.prompt_ids else None)
     return train, [ts.rows[i] for i in held_idx], [ts.ids[i] for i in held_idx]
 
 
@@ -55,7 +67,7 @@ def fit_dialogues(rows: list[dict[str, Any]], tok: Any, max_length: int) -> tupl
     return out, shortened
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     if n == 0:
         return float("nan"), float("nan")
     p = k / n
@@ -65,17 +77,18 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
-def heldout_accuracy(model_dir: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy of the saved reward model on held-out rows, scored as `judge eval` and the
-    reward_model verifier score them (the whole conversation, up to 2048 tokens)."""
+def heldout_accuracy(model_dir: str, rows: list[dict[str, Any]], max_length: int = 2048) -> dict[str, Any]:
+    """Accuracy of the saved reward model on held-out rows, each fitted to `max_length` tokens as
+    training fitted its rows (earliest turns dropped); a tie counts half, as in `judge eval`."""
     from .reward import RewardScorer
 
     if not rows:
         return {}
-    scorer = RewardScorer(model_dir, max_length=2048)
+    scorer = RewardScorer(model_dir, max_length=max_length)
+    rows, _ = fit_dialogues(rows, scorer.tok, max_length)
     chosen = scorer.score([r["prompt"] + r["chosen"] for r in rows])
     rejected = scorer.score([r["prompt"] + r["rejected"] for r in rows])
-    wins = sum(c > r for c, r in zip(chosen, rejected))
+    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected))
     lo, hi = wilson(wins, len(rows))
     longer = sum(_longer(r["chosen"][-1]["content"], r["rejected"][-1]["content"]) for r in rows)
     return {"heldout_accuracy": wins / len(rows), "heldout_lower": lo, "heldout_upper": hi, "heldout_pairs": len(rows),

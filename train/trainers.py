@@ -289,21 +289,22 @@ def train_model(
         metrics = _final_metrics(trainer, result)
         metrics["resumed_from"] = checkpoint
         if kind == "rm":
-            metrics.update(_rm_metrics(trainer, metrics, str(out_dir), heldout))
+            metrics.update(_rm_metrics(trainer, metrics, str(out_dir), heldout, opts.max_length))
         register_model(corpus, model_id=model_id, kind=kind, path=str(out_dir), parent_id=parent_id,
                        base=base_path, release_id=ts.release_id, config=config, metrics=metrics, run_id=run.id)
         run.summary = {"model_id": model_id, "path": str(out_dir), **metrics}
     return model_id
 
 
-def _rm_metrics(trainer: Any, metrics: dict[str, Any], out_dir: str, heldout: list[dict[str, Any]]) -> dict[str, Any]:
+def _rm_metrics(trainer: Any, metrics: dict[str, Any], out_dir: str, heldout: list[dict[str, Any]],
+                max_length: int) -> dict[str, Any]:
     """Held-out accuracy becomes `accuracy`; TRL's figure for the last batch keeps its own name."""
     from .rm_heldout import heldout_accuracy
 
     m: dict[str, Any] = {"train_pairs_used": len(trainer.train_dataset)}  # after TRL's length filter
     if "accuracy" in metrics:
         m["last_batch_accuracy"] = metrics.pop("accuracy")
-    m.update(heldout_accuracy(out_dir, heldout))
+    m.update(heldout_accuracy(out_dir, heldout, max_length))  # fitted as the training rows were
     if heldout:
         m["accuracy"] = m["heldout_accuracy"]
     return m
