@@ -35,13 +35,13 @@ class Strict(BaseModel):
 class JudgeSpec(Strict):
     """One judge of the jury: which model, how many samples per item, at what temperature."""
 
-    backend: Literal["hf", "openai", "vllm", "fake"] = "hf"
+    backend: Literal["hf", "openai", "vllm", "fake"] = Field("hf", description="where the judge model runs; fake is scripted replies for tests")
     model: str | None = Field(None, description="None: the embedded SmolLM2-135M-Instruct")
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    samples: int = Field(1, ge=1, le=16)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    max_new_tokens: int = Field(160, ge=8, le=4096)
+    base_url: str | None = Field(None, description="openai backend: the endpoint, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai backend: the environment variable holding the key (never the key itself)")
+    samples: int = Field(1, ge=1, le=16, description="verdicts per item from this judge (a jury of one model); more than 1 needs temperature > 0")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature of the judge (0: greedy)")
+    max_new_tokens: int = Field(160, ge=8, le=4096, description="token budget of one verdict")
     method: Literal["generate", "logprob"] = Field(
         "generate", description="generate: a JSON verdict decoded token by token; logprob: one forward pass, the "
         "verdict's probabilities (pairwise P(A) vs P(B), pointwise the expected score over the scale's digits)")
@@ -66,22 +66,23 @@ class JudgeSpec(Strict):
 class VerifierSpec(Strict):
     """Settings of a programmatic check; which keys apply depends on `type`."""
 
-    type: Literal["code_exec", "regex", "json_schema", "length", "checkable", "reward_model"]
+    type: Literal["code_exec", "regex", "json_schema", "length", "checkable", "reward_model"] = Field(
+        description="code_exec: run the code against tests in a sandbox; regex; json_schema; length (words); checkable: the prompt's meta.checks; reward_model: a trained RM's score")
     # code_exec: where the tests are: "meta:<key>" (the prompt's meta) or inline Python
     tests: str | None = None
     entry_point: str | None = Field(None, description="code_exec: function name; default meta:entry_point")
     timeout_s: float = Field(10.0, gt=0, le=600, description="code_exec: CPU seconds per answer")
-    memory_mb: int = Field(1024, ge=64)
+    memory_mb: int = Field(1024, ge=64, description="code_exec: address-space limit of the answer, in MB")
     wall_s: float | None = Field(None, gt=0, le=3600, description="code_exec: wall-clock stop; default 3 x timeout_s + 30")
     unsafe: bool = Field(False, description="code_exec: run answers without the bwrap sandbox where it cannot start")
     # regex
     pattern: str | None = None
-    must_match: bool = True
+    must_match: bool = Field(True, description="regex: true scores 1 when the pattern matches; false scores 1 when it does not")
     # json_schema: the schema candidates must satisfy (None: any valid JSON)
     json_schema: dict[str, Any] | None = Field(None, alias="schema")
     # length, in words
     min_words: int | None = Field(None, ge=0)
-    max_words: int | None = Field(None, ge=1)
+    max_words: int | None = Field(None, ge=1, description="length: at most this many words")
     # reward_model: a models.id of kind 'rm', or "latest"
     model: str | None = None
 
@@ -113,13 +114,13 @@ class VerifierSpec(Strict):
 
 
 class Criterion(Strict):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    description: str = ""
-    kind: Literal["llm", "verifier"] = "llm"
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="the criterion's name, lower_snake_case; unique in the rubric")
+    description: str = Field("", description="what the judge checks; required for llm criteria (shown to the judge)")
+    kind: Literal["llm", "verifier"] = Field("llm", description="llm: scored by the judges; verifier: scored by a program (see `verifier`)")
     # level -> anchor text; required for llm criteria
     scale: dict[int, str] | None = None
-    weight: float = Field(1.0, ge=0.0)
-    verifier: VerifierSpec | None = None
+    weight: float = Field(1.0, ge=0.0, description="weight of this criterion in the candidate's overall score")
+    verifier: VerifierSpec | None = Field(None, description="settings of the check, for kind: verifier")
 
     @model_validator(mode="after")
     def _kind(self) -> "Criterion":
@@ -152,15 +153,15 @@ class FlagThresholds(Strict):
 
 
 class Rubric(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    version: str = "1"
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the rubric's name; judgments and scores are stored under it")
+    version: str = Field("1", description="bump it when the meaning changes; scores are kept per version")
     task: str = Field(description="what the judged responses were asked to do; shown to every judge")
-    mode: Literal["pointwise", "pairwise", "ranking"] = "pointwise"
-    criteria: list[Criterion] = Field(min_length=1)
-    judges: list[JudgeSpec] = Field(default_factory=lambda: [JudgeSpec()])
-    aggregation: Literal["mean", "majority", "weighted"] = "weighted"
+    mode: Literal["pointwise", "pairwise", "ranking"] = Field("pointwise", description="pointwise: a score per candidate; pairwise: two candidates of a prompt compared, both orders always; ranking: all candidates of a prompt ranked from pairwise win rates")
+    criteria: list[Criterion] = Field(min_length=1, description="what to score; at least one")
+    judges: list[JudgeSpec] = Field(default_factory=lambda: [JudgeSpec()], description="the jury; default one judge: the embedded model on hf (plumbing only, not a judge to trust)")
+    aggregation: Literal["mean", "majority", "weighted"] = Field("weighted", description="how a jury's verdicts combine: mean score, majority, or weighted by each judge's measured agreement with people")
     retries: int = Field(1, ge=0, le=3, description="re-asks after an unparseable answer, with the error shown")
-    flags: FlagThresholds = FlagThresholds()
+    flags: FlagThresholds = Field(FlagThresholds(), description="when the judge flags an item (see FlagThresholds)")
     path: str | None = Field(None, exclude=True)
     _hashes: dict[str, str] = PrivateAttr(default_factory=dict)  # a rubric is not edited after loading
 

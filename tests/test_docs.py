@@ -86,7 +86,7 @@ def tutorial_commands(text: str) -> list[str]:
     and blank lines dropped."""
     out = []
     for block in re.findall(r"^```bash\n(.*?)^```", text, re.M | re.S):
-        joined = re.sub(r"\\\n\s*", " ", block)
+        joined = re.sub(r"\s*\\\n\s*", " ", block)
         out += [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
     return out
 
