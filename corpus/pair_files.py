@@ -63,7 +63,7 @@ def read_rows(path: str | Path, split: str | None = None) -> Iterator[tuple[str,
     if not p.exists():
         raise UserError(f"{p}: no such file or folder; give a JSONL, JSON or Parquet file, or a `datasets` folder")
     if p.is_dir():
-        yield from ((f"{p}:row {i}", r) for i, r in enumerate(_dataset(p, split), 1))
+        yield from ((f"{p}:row {i}", r) for i, r in enumerate(load_saved_dataset(p, split), 1))
         return
     suffix = p.suffix.lower()
     if suffix == ".parquet":
@@ -107,7 +107,8 @@ def read_rows(path: str | Path, split: str | None = None) -> Iterator[tuple[str,
             yield f"{p}:{n}", rec
 
 
-def _dataset(path: Path, split: str | None) -> Any:
+def load_saved_dataset(path: Path, split: str | None) -> Any:
+    """The rows of a `datasets` save_to_disk folder (one split of a DatasetDict); mistakes are one line."""
     import datasets
 
     try:

@@ -25,6 +25,7 @@ import duckdb
 from corpus import Corpus, Prompt, UserError, content_id
 from corpus.errors import not_utf8, read_text
 from corpus.sqlcheck import one_statement
+from corpus.pair_files import load_saved_dataset
 
 DEFAULT_FIELDS = ("prompt", "turns", "messages")
 ROLES = ("system", "user", "assistant")
@@ -140,32 +141,13 @@ def _table_records(path: Path, rows: Any) -> Iterator[tuple[str, Any]]:
         yield f"{path}:row {i}", rec
 
 
-def _dataset_rows(path: Path, split: str | None) -> Any:
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as e:
-        raise UserError(f"{path}: not a dataset saved with save_to_disk ({str(e).splitlines()[0][:160]})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        names = list(ds)
-        if split is None:
-            if len(names) != 1 and "train" not in names:
-                raise UserError(f"{path}: the dataset has splits {', '.join(names)}; pick one with --split")
-            split = "train" if "train" in names else names[0]
-        if split not in ds:
-            raise UserError(f"--split {split}: {path} has splits {', '.join(names)}")
-        ds = ds[split]
-    return ds
-
-
 def read_records(path: str | Path, split: str | None = None) -> Iterator[tuple[str, Any]]:
     """(where, record) pairs from a file or a saved dataset folder."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file or folder; check the path given to --prompts")
     if p.is_dir():
-        yield from _table_records(p, _dataset_rows(p, split))
+        yield from _table_records(p, load_saved_dataset(p, split))
         return
     suffix = p.suffix.lower()
     if suffix == ".parquet":
