@@ -122,7 +122,12 @@ def bwrap_command(python: str) -> list[str]:
             cmd += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             cmd += ["--ro-bind", top, top]
-    made: set[str] = set()
+    # the private /tmp first: a Python installation (a venv) that lives under /tmp is bound on top
+    # of it below, instead of being hidden by it
+    cmd += ["--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", str(64 << 20), "--tmpfs", "/tmp",
+            "--perms", "1777", "--size", str(16 << 20), "--tmpfs", "/dev/shm"]
+    made: set[str] = {"/tmp", "/dev", "/dev/shm", "/proc"}
     for r in _bind_roots():
         parts = Path(r).parts[1:-1]
         for i in range(len(parts)):
@@ -131,9 +136,7 @@ def bwrap_command(python: str) -> list[str]:
                 made.add(d)
                 cmd += ["--perms", "0755", "--dir", d]
         cmd += ["--ro-bind", r, r]
-    cmd += ["--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", "--size", str(64 << 20), "--tmpfs", "/tmp",
-            "--perms", "1777", "--size", str(16 << 20), "--tmpfs", "/dev/shm", "--chdir", "/tmp", "--clearenv"]
+    cmd += ["--chdir", "/tmp", "--clearenv"]
     for k, v in _ENV.items():
         cmd += ["--setenv", k, v]
     return cmd + ["--", python, "-I", "-S", "-B", "-c", HARNESS]

@@ -287,3 +287,17 @@ def test_values_cross_faithfully():
     arguments; generators iterate; its exceptions are caught as their built-in type."""
     v = check_answer(VALUES, VALUE_TESTS)
     assert v.passed, (v.reason, v.detail, v.stderr[-500:])
+
+
+def test_a_python_installed_under_tmp_is_bound_over_the_private_tmp(monkeypatch):
+    """CI clones into a temporary folder: a venv under /tmp must be mounted after the sandbox's own
+    /tmp tmpfs, or the tmpfs hides the interpreter (bwrap: execvp ... No such file or directory)."""
+    from judge import sandbox
+
+    monkeypatch.setattr(sandbox, "_bind_roots", lambda: ["/tmp/ci-clone/.venv"])
+    cmd = sandbox.bwrap_command("/tmp/ci-clone/.venv/bin/python")
+    tmpfs = cmd.index("--tmpfs", 0) if cmd[cmd.index("--tmpfs") + 1] == "/tmp" else None
+    assert tmpfs is not None
+    bind = [i for i in range(len(cmd) - 2) if cmd[i] == "--ro-bind" and cmd[i + 1] == "/tmp/ci-clone/.venv"]
+    assert bind and bind[0] > tmpfs
+    assert ["--dir", "/tmp"] not in [cmd[i:i + 2] for i in range(len(cmd) - 1)]  # the tmpfs keeps its 1777
