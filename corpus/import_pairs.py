@@ -60,11 +60,12 @@ def pair_records(pairs: list[LabelledPair], source: str, run_id: str | None) -> 
     return recs, pair_ids
 
 
-def import_pairs(corpus: Corpus, path: str | Path, *, source: str | None = None, release: bool = False,
+def import_pairs(corpus: Corpus | str | Path, path: str | Path, *, source: str | None = None, release: bool = False,
                  split: str | None = None, multi: str = "best_worst", skip_bad: bool = False,
                  limit: int | None = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Import a preference file; returns counts (rows, pairs, new rows per table), skipped rows,
-    bad rows (with skip_bad) and the release id (with release=True)."""
+    bad rows (with skip_bad) and the release id (with release=True). `corpus` may be a path: it is
+    opened (created if new) only once the whole file has parsed, so a bad file leaves no corpus."""
     if multi not in MULTI:
         raise UserError(f"--multi {multi}: choose one of {', '.join(MULTI)}")
     source = source or Path(path).stem or "import"
@@ -72,6 +73,8 @@ def import_pairs(corpus: Corpus, path: str | Path, *, source: str | None = None,
     if not parsed.pairs:
         why = ", ".join(f"{n} {k}" for k, n in parsed.skipped.items()) or f"{len(parsed.bad)} bad rows"
         raise UserError(f"{path}: no preference pairs in {parsed.rows} rows ({why}); nothing imported")
+    if not isinstance(corpus, Corpus):
+        corpus = Corpus(corpus)
     config = {"file": str(path), "source": source, "release": release, "split": split, "multi": multi,
               "skip_bad": skip_bad, "limit": limit}
     with corpus.run("corpus import-pairs", config, argv=argv) as run:
@@ -123,8 +126,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: Any, argv: Sequence[str]) -> int:
     """The CLI action: import, then a few lines of counts."""
-    corpus = Corpus(args.db)
-    out = import_pairs(corpus, args.file, source=args.source, release=args.release, split=args.split,
+    out = import_pairs(args.db, args.file, source=args.source, release=args.release, split=args.split,
                        multi=args.multi, skip_bad=args.skip_bad, limit=args.limit, argv=["corpus", *argv])
     for line in out["bad_rows"][:20]:
         print(f"skipped bad row {line}")

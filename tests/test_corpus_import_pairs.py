@@ -176,6 +176,7 @@ def test_not_utf8_file_is_one_line_exit_2(tmp_path, name):
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "not UTF-8" in r.stderr and "byte offset 64" in r.stderr, r.stderr
+    assert not db.exists()  # the file is read whole before the corpus is opened: no empty corpus left behind
 
 
 @pytest.mark.parametrize("row, message", [
