@@ -10,7 +10,9 @@ mean length, wall time and generated tokens. Asserts nothing; it prints the issu
 their interval, length within 1.5x) as met or not.
 
     python bench/loop.py --preset smoke   # a tiny random model: the plumbing, a few minutes
-    python bench/loop.py --preset cpu     # SmolLM2-135M-Instruct, 2 rounds (~90 min idle 2-core CPU)
+    python bench/loop.py --preset cpu     # SmolLM2-135M-Instruct, 2 rounds of DPO (82 min, idle 2-core CPU)
+    python bench/loop.py --preset cpu --algos grpo --rounds 1 --from-corpus R1/dpo.duckdb  # GRPO on the same round 0
+    # (R1: the work folder of a --algos dpo --rounds 1 run)
     python bench/loop.py --preset gpu     # 240 prompts x 8 samples, 3 rounds, vLLM rollouts
 
 Any preset value can be overridden (--prompts 40 --rounds 1 ...).
@@ -40,8 +42,10 @@ PRESETS = {
     "smoke": dict(model="tiny", prompts=24, n=3, max_new_tokens=12, max_steps=2, lr=1e-4, eval_limit=6,
                   rubric="smoke", min_margin=0.1),
     # SmolLM2-135M-Instruct on the CPU; one check per prompt keeps a 135M model's pass rate off the floor
-    # (the settings of the curve in docs/benchmarks.md: 240 prompts leave 41 + 52 held-out eval prompts)
-    "cpu": dict(model="embedded", prompts=240, n=4, max_new_tokens=96, lr=1e-4, eval_limit=60, epochs=2.0, max_steps=40),
+    # (the settings of the curve in docs/benchmarks.md: 240 prompts leave 41 + 52 held-out eval prompts);
+    # DPO only, which fits the 90 minutes: --algos dpo,grpo doubles it, --from-corpus compares at round 1
+    "cpu": dict(model="embedded", prompts=240, n=4, max_new_tokens=96, lr=1e-4, eval_limit=60, epochs=2.0, max_steps=40,
+                algos="dpo"),
     "gpu": dict(model="embedded", prompts=240, n=8, max_new_tokens=256, rounds=3, lr=5e-5, eval_limit=100,
                 backend="vllm", batch_size=8, prompts_per_step=4),
 }
@@ -161,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     s = {**COMMON, **PRESETS[a.preset], "from_corpus": a.from_corpus}
     if a.from_corpus and not Path(a.from_corpus).is_file():
         ap.error(f"--from-corpus {a.from_corpus}: no such file")
+    if a.from_corpus:
+        import duckdb
+        try:
+            with duckdb.connect(a.from_corpus, read_only=True) as c:
+                models = c.sql("SELECT count(DISTINCT model) FROM generations WHERE provenance = 'model'").fetchall()[0][0]
+        except duckdb.Error as e:
+            ap.error(f"--from-corpus {a.from_corpus}: not a corpus ({str(e).splitlines()[0]})")
+        if models > 1:
+            # a later round's replies would be pooled into round 0's pairs and the comparison would not be fair
+            ap.error(f"--from-corpus {a.from_corpus}: holds replies of {models} models, not round 0's alone; "
+                     "copy a corpus from a run with --rounds 1")
     for k in s:
         v = getattr(a, k, None)
         if v is not None:
