@@ -151,6 +151,22 @@ def verdict(rows: list[dict]) -> str:
             if ratio is not None else "target: -")
 
 
+def _check_round0_corpus(ap: argparse.ArgumentParser, path: str) -> None:
+    """--from-corpus must hold round 0's replies alone: a later round's replies would be pooled into
+    round 0's pairs and the comparison would not be fair. Read through the corpus's own read-only open,
+    which words a missing, locked or non-corpus file as one line."""
+    from corpus import Corpus, UserError
+
+    try:
+        models = Corpus(path, create=False, read_only=True).query(
+            "SELECT count(DISTINCT model) AS n FROM generations WHERE provenance = 'model'")[0]["n"]
+    except UserError as e:
+        ap.error(f"--from-corpus: {e}")
+    if models > 1:
+        ap.error(f"--from-corpus {path}: holds replies of {models} models, not round 0's alone; "
+                 "copy a corpus from a run with --rounds 1")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
@@ -163,19 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                         default=None)
     a = ap.parse_args(argv)
     s = {**COMMON, **PRESETS[a.preset], "from_corpus": a.from_corpus}
-    if a.from_corpus and not Path(a.from_corpus).is_file():
-        ap.error(f"--from-corpus {a.from_corpus}: no such file")
     if a.from_corpus:
-        import duckdb
-        try:
-            with duckdb.connect(a.from_corpus, read_only=True) as c:
-                models = c.sql("SELECT count(DISTINCT model) FROM generations WHERE provenance = 'model'").fetchall()[0][0]
-        except duckdb.Error as e:
-            ap.error(f"--from-corpus {a.from_corpus}: not a corpus ({str(e).splitlines()[0]})")
-        if models > 1:
-            # a later round's replies would be pooled into round 0's pairs and the comparison would not be fair
-            ap.error(f"--from-corpus {a.from_corpus}: holds replies of {models} models, not round 0's alone; "
-                     "copy a corpus from a run with --rounds 1")
+        _check_round0_corpus(ap, a.from_corpus)
     for k in s:
         v = getattr(a, k, None)
         if v is not None:

@@ -41,12 +41,11 @@ def test_from_corpus_refuses_a_corpus_with_a_later_rounds_replies(tmp_path):
 
 def test_from_corpus_refuses_missing_and_non_corpus_files(tmp_path):
     r = _bench("--from-corpus", str(tmp_path / "nope.duckdb"))
-    assert r.returncode == 2 and "no such file" in r.stderr.splitlines()[-1]
+    assert r.returncode == 2 and "no such corpus" in r.stderr.splitlines()[-1] and "--from-corpus" in r.stderr
     junk = tmp_path / "notes.txt"
     junk.write_text("not a database\n")
     r = _bench("--from-corpus", str(junk))
-    assert r.returncode == 2 and "not a corpus" in r.stderr.splitlines()[-1] and "Traceback" not in r.stderr
-
+    assert r.returncode == 2 and "not a DuckDB corpus" in r.stderr.splitlines()[-1] and "Traceback" not in r.stderr
 
 
 def test_grpo_from_a_dpo_round_zero_trains_on_the_same_replies_and_release(tmp_path):
