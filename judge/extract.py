@@ -72,6 +72,15 @@ def read_tests(tests: Any) -> str | None:
     return None
 
 
+def read_imports(imports: Any) -> str | None | bool:
+    """The tests' imports (MBPP's test_imports: a list of lines, or one string); None when absent,
+    False when present but not Python."""
+    if imports is None or imports == [] or imports == "":
+        return None
+    text = read_tests(imports)
+    return text if text is not None and _parses(text) else False
+
+
 def defines(code: str, name: str) -> bool:
     """Does the code define a function or class called `name` (anywhere in it)?"""
     return _defines(code, name)

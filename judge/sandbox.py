@@ -38,6 +38,8 @@ host's filesystem, network and processes in view.
 
 from __future__ import annotations
 
+import ast
+import builtins
 import json
 import os
 import random
@@ -70,6 +72,8 @@ REASONS = ("passed", "failed_assertion", "error", "timeout", "killed", "refused"
 _TAIL = 4000
 UID_BASE, UID_SPAN = 1_500_000_000, 1 << 24  # per-run uids when we start as root
 _RNG = random.SystemRandom()  # not the global generator, which a caller may seed
+STARTED = b"started\n"  # the runner's first write to the verdict pipe, before any of the answer's code runs
+SANDBOX_TRIES = 3  # a sandbox that fails this many times in a row is recorded as failed, not retried forever
 INSTALL_HINT = "install bubblewrap (`apt-get install bubblewrap`, or scripts/setup.sh --dev)"
 
 
@@ -99,7 +103,12 @@ class SandboxUnavailable(RuntimeError):
 # -- how to start the sandbox ----------------------------------------------------------------
 
 def _python() -> tuple[str, list[str]]:
-    return sys.executable, [p for p in site.getsitepackages() if os.path.isdir(p)]
+    """The interpreter and its site-packages by real paths, which is how they are bound in the
+    sandbox (a venv reached through a symlink has no path there under its linked name). The
+    directory is resolved, not the file: a venv's python finds its pyvenv.cfg beside the path it
+    was started by."""
+    exe = os.path.join(os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable))
+    return exe, [os.path.realpath(p) for p in site.getsitepackages() if os.path.isdir(p)]
 
 
 def _bind_roots() -> list[str]:
@@ -195,6 +204,8 @@ def require_sandbox(unsafe: bool) -> str:
     if shutil.which("bwrap") and os.geteuid() != 0:
         hint = ("allow unprivileged user namespaces (`sysctl kernel.unprivileged_userns_clone=1`; on Ubuntu 24.04 "
                 "`sysctl kernel.apparmor_restrict_unprivileged_userns=0`)")
+    elif shutil.which("bwrap"):  # installed, and failing for the reason above: never say "install it"
+        hint = f"bwrap is installed at {shutil.which('bwrap')} but failed; fix the cause above"
     raise SandboxUnavailable(f"code_exec: the bwrap sandbox cannot start ({why}); {hint}, or pass --unsafe-exec "
                              "(rubric: `unsafe: true`) to run answers without isolation")
 
@@ -211,23 +222,78 @@ def _limits(timeout_s: float, memory_mb: int, max_file_mb: int, max_procs: int, 
             "RLIMIT_NPROC": max_procs, "RLIMIT_NOFILE": max_open_files, "RLIMIT_CORE": 0}
 
 
-def check_answer(code: str, tests: str, entry_point: str | None = None, *, prefix: str | None = None, timeout_s: float = 10.0,
-              memory_mb: int = 1024, wall_s: float | None = None, max_procs: int = 32, max_file_mb: int = 16,
-              max_open_files: int = 256, unsafe: bool = False) -> Verdict:
+def check_answer(code: str, tests: str, entry_point: str | None = None, *, prefix: str | None = None,
+                 imports: str | None = None, timeout_s: float = 10.0, memory_mb: int = 1024, wall_s: float | None = None,
+                 max_procs: int = 32, max_file_mb: int = 16, max_open_files: int = 256, unsafe: bool = False,
+                 tries: int = SANDBOX_TRIES) -> Verdict:
     """Run `code` as module `solution` and `tests` against it (HumanEval `def check(candidate)`
     with `entry_point`, or plain asserts naming the answer's functions). Never raises.
 
     timeout_s is CPU time of the answer's process; wall_s (default 3x + 30 s) is the hard stop.
     `prefix` is trusted code from the prompt (HumanEval's stub and helpers): its helpers serve
-    the tests instead of the answer's copies."""
+    the tests instead of the answer's copies. `imports` (MBPP's test_imports) run in the tests'
+    namespace. The tests see only their own names, real builtins and modules, and the answer's
+    entry points (see entry_points). A sandbox failure is retried up to `tries` times; the
+    verdict then has infra=True."""
     try:
         isolation = require_sandbox(unsafe)
     except SandboxUnavailable as e:
         return Verdict(False, "refused", str(e))
     limits = _limits(timeout_s, memory_mb, max_file_mb, max_procs, max_open_files)
     calls_check = any(line.startswith("check(") for line in tests.splitlines())
-    return _run(code, {"tests": tests, "entry_point": entry_point, "prefix": prefix, "calls_check": calls_check},
-                isolation, limits, wall_s if wall_s is not None else 3 * timeout_s + 30)
+    spec = {"tests": tests, "entry_point": entry_point, "prefix": prefix, "imports": imports, "calls_check": calls_check,
+            "entries": entry_points(tests, entry_point, prefix, imports)}
+    for attempt in range(max(1, tries)):
+        if attempt:
+            time.sleep(0.5 * attempt)  # a fork or memory shortage on a busy host often passes
+        v = _run(code, spec, isolation, limits, wall_s if wall_s is not None else 3 * timeout_s + 30)
+        if not v.infra:
+            return v
+    v.detail = f"the sandbox failed {max(1, tries)} times; the last: {v.detail}"
+    return v
+
+
+def entry_points(tests: str, entry_point: str | None, prefix: str | None = None, imports: str | None = None) -> list[str]:
+    """The names the tests may take from the answer: `entry_point`, and every name the tests call
+    that neither they, the prompt's code nor their imports define. A builtin the tests call counts
+    only when they call nothing else (MBPP 126's answer defines `sum`; `set(f(x))` means f)."""
+    trusted: set[str] = set()
+    for src in (prefix, imports):
+        trusted |= _bound_names(src)
+    try:
+        tree = ast.parse(tests)
+    except SyntaxError:
+        return [entry_point] if entry_point else []
+    trusted |= _bound_names(tree)
+    called = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    # HumanEval-style `check(add)` hands the entry point over by name without calling it
+    passed = [a.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+              and n.func.id == "check" for a in n.args if isinstance(a, ast.Name)]
+    free = [c for c in dict.fromkeys(called + passed) if c not in trusted]
+    own = [c for c in free if not hasattr(builtins, c)]
+    names = ([entry_point] if entry_point else []) + (own or ([] if entry_point else free))
+    return list(dict.fromkeys(names))
+
+
+def _bound_names(src: str | ast.AST | None) -> set[str]:
+    """Names a piece of trusted code binds anywhere (defs, classes, imports, assignments, arguments)."""
+    if src is None:
+        return set()
+    try:
+        tree = ast.parse(src) if isinstance(src, str) else src
+    except SyntaxError:
+        return set()
+    out: set[str] = set()
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(n.name)
+        elif isinstance(n, ast.alias):
+            out.add((n.asname or n.name).split(".")[0])
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            out.add(n.id)
+        elif isinstance(n, ast.arg):
+            out.add(n.arg)
+    return out
 
 
 def _frame(obj: Any) -> bytes:
@@ -246,8 +312,9 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
         cmd = bwrap_command(python)
     else:
         if root:
-            python = next(p for p in _unsafe_pythons() if _world_usable(p))
-            sites = sites if python == sys.executable else []
+            usable = next(p for p in _unsafe_pythons() if _world_usable(p))
+            sites = sites if usable in (python, sys.executable) else []
+            python = usable
             popen = {"user": uid, "group": uid, "extra_groups": []}
         workdir = tempfile.mkdtemp(prefix="judge-unsafe-")
         os.chmod(workdir, 0o777)
@@ -260,7 +327,8 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
         runner_limits.pop("RLIMIT_NPROC")  # would count all of this user's processes on the host
         limits = {k: v for k, v in limits.items() if k != "RLIMIT_NPROC"}
     vr, vw = os.pipe()
-    cfg = {"uid": uid, "verdict_fd": vw, "site": sites, "limits": limits, "runner_limits": runner_limits,
+    # as root: one fresh uid for the runner, another for the answer, so the answer cannot signal it
+    cfg = {"uid": uid, "runner_uid": uid + UID_SPAN if root else uid, "verdict_fd": vw, "site": sites, "limits": limits, "runner_limits": runner_limits,
            "code": code, "modules": sorted(sys.stdlib_module_names | {"numpy"})}
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -280,20 +348,25 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
             shutil.rmtree(workdir, ignore_errors=True)
     res = Verdict(False, "error", "", out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
                   round(time.perf_counter() - t0, 3), isolation=isolation)
+    # Infra or answer is read from the verdict pipe alone, which only the runner holds: the answer
+    # can print anything and kill anything it reaches, but it cannot un-write STARTED.
+    started = verdict.startswith(STARTED)
     if timed_out:
-        res.reason, res.detail = "timeout", f"still running after the wall-clock limit of {wall_s:g} s"
+        if started:
+            res.reason, res.detail = "timeout", f"still running after the wall-clock limit of {wall_s:g} s"
+        else:
+            res.detail, res.infra = f"the sandbox did not start within the wall-clock limit of {wall_s:g} s", True
         return res
     try:
-        v = json.loads(verdict)
+        v = json.loads(verdict[len(STARTED):] if started else verdict)
         assert v["reason"] in REASONS
     except (ValueError, KeyError, TypeError, AssertionError):
-        if res.stderr.startswith("bwrap:"):
-            res.detail, res.infra = f"the sandbox failed to start: {res.stderr.strip()[:300]}", True
-        elif "Traceback" in res.stderr and proc.returncode not in (0, None):
-            res.detail, res.infra = f"the test runner failed (exit {proc.returncode})", True
-        else:
+        if started:
             res.reason = "hack_suspected"
-            res.detail = f"the test runner ended without a verdict (exit {proc.returncode}): killed from inside?"
+            res.detail = f"the test runner ended without a verdict after the answer started (exit {proc.returncode})"
+        else:
+            tail = res.stderr.strip()[-300:]
+            res.detail, res.infra = f"the sandbox failed before the answer ran (exit {proc.returncode}): {tail}", True
         return res
     res.reason, res.detail, res.passed = v["reason"], str(v.get("detail", "")), v["reason"] == "passed"
     res.cpu_s, res.calls = v.get("cpu_s"), int(v.get("calls") or 0)
