@@ -196,10 +196,33 @@ def test_extract_code_shapes(answer):
     assert extract_code(answer, "add").strip() == ADD.strip()
 
 
-def test_extract_code_without_entry_point_takes_the_last_python_block():
+def test_extract_code_assembles_the_defining_blocks_in_order():
     text = "```python\nx = 1\n```\ntext\n```python\ny = 2\n```\n```text\nnot code\n```"
-    assert extract_code(text).strip() == "y = 2"
+    assert extract_code(text) == "x = 1\n\ny = 2\n"
     assert extract_code("```bash\nls\n```") == ""
+
+
+HELPER = "def _sq(x):\n    return x * x\n"
+USES_HELPER = "def sum_sq(a, b):\n    return _sq(a) + _sq(b)\n"
+
+
+@pytest.mark.parametrize("answer,want", [
+    (f"Helper:\n```python\n{HELPER}```\nSolution:\n```python\n{USES_HELPER}```", HELPER + "\n" + USES_HELPER),
+    (f"```python\n{USES_HELPER}```\nExample:\n```python\nprint(sum_sq(1, 2))\n```", USES_HELPER),   # usage block dropped
+    ("```python\ndef sum_sq(a, b):\n    return 0\n```\nFixed:\n```python\n" + HELPER + USES_HELPER + "```",
+     "def sum_sq(a, b):\n    return 0\n\n" + HELPER + USES_HELPER),                                   # the later def wins
+    (f"```python\n{USES_HELPER}```\n```pycon\n>>> sum_sq(1, 2)\n5\n```", USES_HELPER),             # a session is not code
+])
+def test_extract_code_helpers_and_usage(answer, want):
+    assert extract_code(answer, None) == want
+    assert extract_code(answer, "sum_sq") == want
+
+
+def test_extract_code_keeps_a_broken_solution_block():
+    """The block that defines the entry point does not parse: the answer fails as written,
+    rather than being judged on its other blocks."""
+    text = "```python\nimport math\n```\n```python\ndef f(x):\n    return (x\n```"
+    assert "def f(x)" in extract_code(text, "f")
 
 
 def test_read_tests_from_string_or_list():
