@@ -88,6 +88,12 @@ def code_exec(spec: VerifierSpec, items: list[Item], workers: int = 2, unsafe: b
     return out
 
 
+def unsafe_allowed(specs: list[VerifierSpec], unsafe_exec: bool) -> bool:
+    """May some code_exec criterion run answers without isolation (--unsafe-exec, or `unsafe: true`)?
+    What the run records as config.unsafe_exec."""
+    return unsafe_exec or any(s.unsafe for s in specs if s.type == "code_exec")
+
+
 def preflight(specs: list[VerifierSpec], unsafe_exec: bool) -> str | None:
     """Before any work: the isolation code_exec will use (None without code_exec criteria).
     Raises UserError naming the fix when the sandbox cannot start and unsafe was not allowed."""

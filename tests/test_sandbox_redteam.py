@@ -149,6 +149,39 @@ def cases(h: dict) -> dict[str, dict]:
                                          "            try: os.write(fd, struct.pack('>I', len(d)) + d)\n            except OSError: pass\n"
                                          "    return a - b\n"},
         "victim_beside_the_replacer": {"code": "def add(a, b):\n    raise SystemExit(1)\n"},
+        # issue 20: a failure dressed as the sandbox's ("Traceback", "bwrap:", a killed runner)
+        "traceback_then_kill_runner": {"code": WRONG + "import os, sys\nsys.stderr.write('Traceback (most recent call last):\\n')\n"
+                                                   "sys.stderr.flush()\nos.kill(os.getppid(), 9)\n"},
+        "traceback_then_sigint_runner": {"code": WRONG + "import os, signal, sys\nsys.stderr.write('Traceback\\n')\n"
+                                                     "os.kill(os.getppid(), signal.SIGINT)\n"},
+        "bwrap_line_then_exit": {"code": WRONG + "import os, sys\nsys.stderr.write('bwrap: execvp /usr/bin/python3: No such file\\n')\n"
+                                             "sys.stderr.flush()\nos.kill(os.getppid(), 9)\nos._exit(1)\n"},
+        "kill_everything_in_reach": {"code": "import os, signal\ndef add(a, b):\n    import sys\n    sys.stderr.write('Traceback\\n')\n"
+                                             "    for p in range(1, 64):\n        try: os.kill(p, signal.SIGKILL)\n        except OSError: pass\n"
+                                             "    os.kill(-1, signal.SIGKILL)\n"},
+        # issue 20: names the tests use come from the tests, not the answer
+        "fake_math_module": {"code": "class math:\n    isclose = staticmethod(lambda *a, **k: True)\ndef area(r):\n    return 0\n",
+                             "tests": "assert math.isclose(area(2), 12.566, rel_tol=0.001)\n", "entry_point": None},
+        "fake_math_with_test_imports": {"code": "import types\nmath = types.SimpleNamespace(isclose=lambda *a, **k: True)\n"
+                                                "def area(r):\n    return 0\n", "imports": "import math\n",
+                                        "tests": "assert math.isclose(area(2), 12.566, rel_tol=0.001)\n", "entry_point": None},
+        "fake_sys_module": {"code": "class sys:\n    getsizeof = staticmethod(lambda x: 0)\ndef tuple_size(t):\n    return 0\n",
+                            "tests": "assert tuple_size(('A', 1, 'B', 2)) == sys.getsizeof(('A', 1, 'B', 2))\n", "entry_point": None},
+        "fake_stop_iteration": {"code": "class StopIteration(Exception):\n    pass\ndef add(a, b):\n    raise StopIteration\n",
+                                "tests": "assert all(map(lambda c: add(*c[0]) == c[1], [((2, 3), 5)]))\n", "entry_point": None},
+        "real_stop_iteration_from_a_call": {"code": "def add(a, b):\n    raise StopIteration\n",
+                                            "tests": "assert all(map(lambda c: add(*c[0]) == c[1], [((2, 3), 5)]))\n", "entry_point": None},
+        "fake_value_error_name": {"code": "class ValueError(Exception):\n    pass\ndef root(x):\n    raise ValueError('no')\n",
+                                  "tests": "try:\n    root(-1)\nexcept ValueError:\n    pass\nelse:\n    raise AssertionError\n"
+                                           "assert root(4) == 2\n", "entry_point": None},
+        "shadow_a_builtin_the_tests_use": {"code": "def set(x):\n    return 1\ndef common(a, b):\n    return []\n",
+                                           "tests": "assert set(common([1, 2], [2, 1])) == set([1, 2])\n", "entry_point": None},
+        "shadow_a_helper_name": {"code": "def _eq(a, b):\n    return True\ndef add(a, b):\n    return a - b\n",
+                                 "tests": "assert add(2, 3) == 5\n", "entry_point": None},
+        "builtin_named_entry_point_right": {"code": "def sum(a, b):\n    return a + b - 4\n",
+                                            "tests": "assert sum(10, 15) == 21\nassert sum(1, 2) == -1\n", "entry_point": None},
+        "builtin_named_entry_point_wrong": {"code": "def sum(a, b):\n    return a + b\n",
+                                            "tests": "assert sum(10, 15) == 21\n", "entry_point": None},
         "right_beside_the_hostile": {"code": RIGHT},
     }
     for v in c.values():
@@ -185,6 +218,7 @@ def test_controls(verdicts):
     assert "candidate(2, 3) == 5" in v["control_wrong"].detail
     assert v["control_main_guard"].passed  # a __main__ block does not run (HumanEval's harness does the same)
     assert v["right_beside_the_hostile"].passed
+    assert v["builtin_named_entry_point_right"].passed
 
 
 @pytest.mark.parametrize("name,reasons", [
@@ -199,8 +233,20 @@ def test_controls(verdicts):
     ("patched_builtins", {"failed_assertion"}),
     ("print_pass_marker", {"failed_assertion"}),
     ("write_result_file", {"failed_assertion", "hack_suspected"}),  # it also writes into its own socket
-    ("kill_the_runner", {"hack_suspected"}),
-    ("stop_the_runner", {"timeout"}),
+    ("kill_the_runner", FAIL),
+    ("traceback_then_kill_runner", FAIL),
+    ("traceback_then_sigint_runner", FAIL),
+    ("bwrap_line_then_exit", FAIL),
+    ("kill_everything_in_reach", FAIL),
+    ("fake_math_module", {"failed_assertion"}),
+    ("fake_math_with_test_imports", {"failed_assertion"}),
+    ("fake_sys_module", {"failed_assertion"}),
+    ("fake_stop_iteration", {"error"}),
+    ("real_stop_iteration_from_a_call", {"error"}),
+    ("fake_value_error_name", {"error"}),
+    ("shadow_a_builtin_the_tests_use", {"failed_assertion"}),
+    ("builtin_named_entry_point_wrong", {"failed_assertion"}),
+    ("stop_the_runner", FAIL),  # as root it cannot reach the runner at all (another uid)
     ("sleep_past_the_timeout", {"timeout"}),
     ("spin_past_the_timeout", {"timeout"}),
     ("exhaust_memory_first", FAIL),
@@ -218,6 +264,18 @@ def test_controls(verdicts):
 def test_trick_does_not_pass(verdicts, name, reasons):
     v = verdicts[0][name]
     assert not v.passed and v.reason in reasons, (v.reason, v.detail, v.stderr[-300:])
+    assert not v.infra  # the answer cannot make its failure read as the sandbox's (retried, never scored)
+
+
+def test_no_hostile_answer_is_taken_for_a_sandbox_failure(verdicts):
+    infra = [name for name, v in verdicts[0].items() if v.infra]
+    assert infra == []
+
+
+def test_a_builtin_named_entry_point_is_the_answers():
+    """MBPP 126 defines `sum`: the tests call the answer's, not the builtin (which would fail it)."""
+    v = check_answer("def sum(a, b):\n    return a + b - 4\n", "assert sum(10, 15) == 21\nassert sum(1, 2) == -1\n")
+    assert v.passed, (v.reason, v.detail)
 
 
 def test_output_flood_is_capped(verdicts):
