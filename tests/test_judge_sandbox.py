@@ -241,6 +241,31 @@ def test_mbpp_style_test_list_through_the_verifier():
     assert missing.score is None and "no tests" in missing.error
 
 
+AREA = "def area(r):\n    return math.pi * r * r\n"
+AREA_TESTS = ["assert math.isclose(area(2), 12.566, rel_tol=0.001)", "assert math.isclose(area(1), 3.1416, rel_tol=0.001)"]
+
+
+@pytest.mark.parametrize("imports_key,meta_imports", [(None, ["import math"]), ("meta:imports", "import math\n")])
+def test_mbpp_test_imports_reach_the_tests_not_the_answer(imports_key, meta_imports):
+    """MBPP's `test_imports` (read by default, or from the key the rubric names) run in the tests'
+    namespace: the right answer that imports math passes, one that forgot to import it fails as
+    written, and a fake `math` in the answer does not serve the tests."""
+    spec = VerifierSpec(type="code_exec", tests="meta:test_list", imports=imports_key)
+    meta = {"test_list": AREA_TESTS, (imports_key or "meta:test_imports")[5:]: meta_imports}
+    prompt = {"messages": [{"role": "user", "content": "Write area(r)."}], "meta": meta}
+    answers = ["import math\n" + AREA, AREA, "class math:\n    isclose = staticmethod(lambda *a, **k: True)\n"
+               "def area(r):\n    return 0\n", f"```python\nimport math\n```\nThen:\n```python\n{AREA}```"]
+    scores = [r.score for r in code_exec(spec, [(prompt, a) for a in answers])]
+    assert scores == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_broken_test_imports_are_named():
+    spec = VerifierSpec(type="code_exec", tests="meta:test_list")
+    prompt = {"meta": {"test_list": AREA_TESTS, "test_imports": ["import math as"]}}
+    [r] = code_exec(spec, [(prompt, AREA)])
+    assert r.score is None and "meta:test_imports" in r.error
+
+
 def test_body_only_completion_uses_the_prompt_stub():
     prompt = {"messages": [{"role": "user", "content": 'def add(a, b):\n    """Sum."""\n'}],
               "meta": {"test": "def check(candidate):\n    assert candidate(2, 3) == 5\n", "entry_point": "add"}}
