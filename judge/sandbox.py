@@ -58,6 +58,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .sandbox_seccomp import seccomp_fd
+
 def _harness_source() -> str:
     """sandbox_wire.py, then sandbox_harness.py without its import of it: one `python -c` program."""
     here = Path(__file__).parent
@@ -118,10 +120,12 @@ def _bind_roots() -> list[str]:
     return [r for r in keep if not any(r != o and r.startswith(o + "/") for o in keep)]
 
 
-def bwrap_command(python: str) -> list[str]:
+def bwrap_command(python: str, seccomp_fd: int | None = None) -> list[str]:
     root = os.geteuid() == 0
     cmd = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--new-session"]
+    if seccomp_fd is not None:  # judge/sandbox_seccomp.py: loaded by bwrap just before the runner starts
+        cmd += ["--seccomp", str(seccomp_fd)]
     if root:  # privileged bwrap; the harness drops to a fresh uid before anything else
         cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
@@ -308,8 +312,11 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
     python, sites = _python()
     popen: dict[str, Any] = {}
     workdir = None
+    extra_fds: tuple[int, ...] = ()
     if isolation == "bwrap":
-        cmd = bwrap_command(python)
+        sfd = seccomp_fd()
+        extra_fds = () if sfd is None else (sfd,)
+        cmd = bwrap_command(python, sfd)
     else:
         if root:
             usable = next(p for p in _unsafe_pythons() if _world_usable(p))
@@ -332,14 +339,14 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
            "code": code, "modules": sorted(sys.stdlib_module_names | {"numpy"})}
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(vw, ir), env=dict(_ENV, HOME=workdir or "/tmp"), cwd=workdir,
+                                pass_fds=(vw, ir, *extra_fds), env=dict(_ENV, HOME=workdir or "/tmp"), cwd=workdir,
                                 start_new_session=True, **popen)
     except OSError as e:
-        for fd in (vr, vw, ir, iw):
+        for fd in (vr, vw, ir, iw, *extra_fds):
             os.close(fd)
         return Verdict(False, "error", f"could not start the sandbox: {e}", isolation=isolation, infra=True)
-    os.close(vw)
-    os.close(ir)
+    for fd in (vw, ir, *extra_fds):
+        os.close(fd)
     try:
         out, err, verdict, timed_out = _communicate(proc, iw, _frame(cfg) + _frame(tests), vr, t0 + wall_s)
     finally:

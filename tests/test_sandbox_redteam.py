@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from judge.sandbox import check_answer, sandbox_status
+from judge.sandbox_seccomp import seccomp_bpf
 
 pytestmark = pytest.mark.skipif(sandbox_status()[0] is None, reason=f"bwrap sandbox unavailable: {sandbox_status()[1]}")
 
@@ -159,6 +160,17 @@ def cases(h: dict) -> dict[str, dict]:
         "kill_everything_in_reach": {"code": "import os, signal\ndef add(a, b):\n    import sys\n    sys.stderr.write('Traceback\\n')\n"
                                              "    for p in range(1, 64):\n        try: os.kill(p, signal.SIGKILL)\n        except OSError: pass\n"
                                              "    os.kill(-1, signal.SIGKILL)\n"},
+        # issue 20 "Also": the seccomp filter closes kernel interfaces an answer has no use for
+        "kernel_surface": {"code": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                                   "for name, call in (('unshare_user', lambda: libc.unshare(0x10000000)),"
+                                   " ('unshare_net', lambda: libc.unshare(0x40000000)),"
+                                   " ('io_uring_setup', lambda: libc.syscall(425, 4, ctypes.create_string_buffer(120))),"
+                                   " ('ptrace', lambda: libc.ptrace(16, 1, 0, 0)), ('keyctl', lambda: libc.syscall(250, 0, 0)),"
+                                   " ('mount', lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))):\n"
+                                   "    ctypes.set_errno(0)\n    print(name, call(), ctypes.get_errno())\n" + WRONG},
+        "control_threads_and_subprocess": {"code": "import threading, subprocess\nout = []\n"
+                                                   "t = threading.Thread(target=lambda: out.append(subprocess.run(['/bin/echo', 'ok'],"
+                                                   " capture_output=True).stdout))\nt.start()\nt.join()\nassert out == [b'ok\\n']\n" + RIGHT},
         # issue 20: names the tests use come from the tests, not the answer
         "fake_math_module": {"code": "class math:\n    isclose = staticmethod(lambda *a, **k: True)\ndef area(r):\n    return 0\n",
                              "tests": "assert math.isclose(area(2), 12.566, rel_tol=0.001)\n", "entry_point": None},
@@ -219,6 +231,16 @@ def test_controls(verdicts):
     assert v["control_main_guard"].passed  # a __main__ block does not run (HumanEval's harness does the same)
     assert v["right_beside_the_hostile"].passed
     assert v["builtin_named_entry_point_right"].passed
+    assert v["control_threads_and_subprocess"].passed, v["control_threads_and_subprocess"].stderr  # seccomp keeps these
+
+
+@pytest.mark.skipif(seccomp_bpf() is None, reason="pyseccomp/libseccomp not loadable: no seccomp layer here")
+def test_seccomp_refuses_namespaces_io_uring_ptrace_keyrings_mounts(verdicts):
+    v = verdicts[0]["kernel_surface"]
+    lines = dict(line.split(" ", 1) for line in v.stdout.splitlines())
+    assert set(lines) == {"unshare_user", "unshare_net", "io_uring_setup", "ptrace", "keyctl", "mount"}, v.stdout
+    assert all(got == "-1 1" for got in lines.values()), v.stdout  # -1, errno EPERM from the filter
+    assert v.reason == "failed_assertion"
 
 
 @pytest.mark.parametrize("name,reasons", [
