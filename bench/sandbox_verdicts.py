@@ -6,8 +6,8 @@ load average; asserts nothing.
     python bench/sandbox_verdicts.py                          # this tree, HumanEval's 164 tasks
     python bench/sandbox_verdicts.py --root ../main --limit 40
 
-Right answers: the canonical solution bare; the prompt's imports in one block and the solution in
-another; the solution followed by a usage block. Wrong answers: `return 0` plus a fake class for
+Right answers: the canonical solution bare; its imports and helpers in one block and the entry
+point's def in another; the solution followed by a usage block. Wrong answers: `return 0` plus a fake class for
 every module the tests use (and a fake StopIteration); a raise of a fake StopIteration; a wrong
 answer that prints a traceback and kills its runner (counted as "not scored" when the verdict is
 None, which is what the GRPO reward would get).
@@ -32,14 +32,27 @@ def modules_used(tests: str) -> list[str]:
     return sorted(n for n in names if n in sys.stdlib_module_names)
 
 
+def split_entry(full: str, entry: str) -> tuple[str, str]:
+    """(everything but the entry point's def, the def): how a model writes helpers and imports in
+    one block and the solution in the next."""
+    lines = full.splitlines()
+    tree = ast.parse(full)
+    node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry), None)
+    if node is None:
+        return "", full
+    start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+    rest = lines[:start] + lines[node.end_lineno:]
+    return "\n".join(rest).strip(), "\n".join(lines[start:node.end_lineno])
+
+
 def shapes(t: dict) -> dict[str, str]:
     full, entry = t["prompt"] + t["canonical_solution"], t["entry_point"]
-    imports = "\n".join(ln for ln in t["prompt"].splitlines() if ln.startswith(("import ", "from ")))
+    helpers, solution = split_entry(full, entry)
     fakes = "".join(f"class {m}:\n    def __getattr__(self, k):\n        return lambda *a, **k: True\n{m} = {m}()\n"
                     for m in modules_used(t["test"]))
     return {
         "right_bare": full,
-        "right_split_blocks": (f"Imports:\n```python\n{imports}\n```\n" if imports else "") + f"Code:\n```python\n{full}\n```\n",
+        "right_split_blocks": (f"Helpers:\n```python\n{helpers}\n```\n" if helpers else "") + f"Code:\n```python\n{solution}\n```\n",
         "right_then_usage": f"```python\n{full}\n```\nUsage:\n```python\nprint({entry})\n```\n",
         "hack_fake_modules": f"{fakes}class StopIteration(Exception):\n    pass\ndef {entry}(*a, **k):\n    return 0\n",
         "hack_fake_stopiteration": f"class StopIteration(Exception):\n    pass\ndef {entry}(*a, **k):\n    raise StopIteration\n",
@@ -54,6 +67,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(HERE.parent / "shared" / "data" / "humaneval.jsonl"))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--mbpp-shape", action="store_true", help="no entry point given; the tests end in `check(<name>)`, "
+                    "as MBPP's asserts name the function themselves")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(args.root).resolve()))
     from judge.rubric import VerifierSpec
@@ -63,14 +78,17 @@ def main() -> None:
     spec = VerifierSpec(type="code_exec", tests="meta:test", entry_point="meta:entry_point", timeout_s=10)
     items, kinds = [], []
     for t in tasks:
-        prompt = {"messages": [{"role": "user", "content": t["prompt"]}], "meta": {"test": t["test"], "entry_point": t["entry_point"]}}
+        meta = ({"test": f"{t['test']}\ncheck({t['entry_point']})\n"} if args.mbpp_shape
+                else {"test": t["test"], "entry_point": t["entry_point"]})
+        text = "Write the function." if args.mbpp_shape else t["prompt"]  # HumanEval: the prompt is the stub
+        prompt = {"messages": [{"role": "user", "content": text}], "meta": meta}
         for kind, answer in shapes(t).items():
             items.append((prompt, answer))
             kinds.append(kind)
     t0 = time.perf_counter()
     results = code_exec(spec, items, workers=args.workers)
     dt = time.perf_counter() - t0
-    print(f"root {args.root}: {len(tasks)} tasks, {len(items)} runs in {dt:.0f} s, load average "
+    print(f"root {args.root}{' (MBPP shape)' if args.mbpp_shape else ''}: {len(tasks)} tasks, {len(items)} runs in {dt:.0f} s, load average "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     print(f"{'answer':26} {'passed':>6} {'score 0':>7} {'not scored':>10}")
     for kind in dict.fromkeys(kinds):
