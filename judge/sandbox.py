@@ -187,7 +187,11 @@ def sandbox_status(kind: str = "bwrap") -> tuple[str | None, str]:
             elif kind == "unsafe" and os.geteuid() == 0 and not any(_world_usable(p) for p in _unsafe_pythons()):
                 _STATUS[kind] = (None, "no Python that an unprivileged uid can run (never as root)")
             else:
-                v = _run("def f():\n    return 1\n", {"tests": "assert f() == 1", "entry_point": "f"}, kind, _limits(10, 256, 16, 8, 64), 60)
+                for _ in range(SANDBOX_TRIES):  # a busy host's passing fork failure must not disable code_exec
+                    v = _run("def f():\n    return 1\n", {"tests": "assert f() == 1", "entry_point": "f"}, kind,
+                             _limits(10, 256, 16, 8, 64), 60)
+                    if not v.infra:
+                        break
                 why = (v.detail + " " + v.stderr.strip().splitlines()[-1] if v.stderr.strip() else v.detail).strip()
                 _STATUS[kind] = (kind, "") if v.passed else (None, why[:300])
         return _STATUS[kind]
@@ -336,7 +340,7 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
     vr, vw = os.pipe()
     # as root: one fresh uid for the runner, another for the answer, so the answer cannot signal it
     cfg = {"uid": uid, "runner_uid": uid + UID_SPAN if root else uid, "verdict_fd": vw, "site": sites, "limits": limits, "runner_limits": runner_limits,
-           "code": code, "modules": sorted(sys.stdlib_module_names | {"numpy"})}
+           "modules": sorted(sys.stdlib_module_names | {"numpy"})}
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 pass_fds=(vw, ir, *extra_fds), env=dict(_ENV, HOME=workdir or "/tmp"), cwd=workdir,
@@ -348,7 +352,7 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
     for fd in (vw, ir, *extra_fds):
         os.close(fd)
     try:
-        out, err, verdict, timed_out = _communicate(proc, iw, _frame(cfg) + _frame(tests), vr, t0 + wall_s)
+        out, err, verdict, timed_out = _communicate(proc, iw, _frame(cfg) + _frame(code) + _frame(tests), vr, t0 + wall_s)
     finally:
         os.close(vr)
         if workdir:

@@ -1,6 +1,7 @@
 """The program that runs INSIDE the sandbox (standard library only; see judge/sandbox.py).
 
-Started as `python -I -S -c <sandbox_wire.py + this source> <fd>`; settings and tests arrive as frames on fd.
+Started as `python -I -S -c <sandbox_wire.py + this source> <fd>`; settings, the answer's code and the
+tests arrive as three frames on fd.
 Two processes:
 
 - the runner (trusted): reads its settings, drops root, makes itself non-dumpable
@@ -323,6 +324,7 @@ def runner_main():
     # From here on the answer's code may run: whatever ends this run without a verdict is its
     # doing (the judge scores it 0, hack_suspected); before it, only the sandbox can fail.
     os.write(vfd, STARTED)
+    code = read_frame(in_fd)  # the answer's text: after STARTED, so no answer can make its own load look like ours
     pid = os.fork()
     if pid == 0:
         try:
@@ -336,7 +338,7 @@ def runner_main():
 
             ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the runner
             set_limits(cfg["limits"])
-            candidate_main((from_runner, to_runner), cfg["code"])
+            candidate_main((from_runner, to_runner), code)
         finally:
             os._exit(1)
     if root:

@@ -47,7 +47,7 @@ def runner_reachable(monkeypatch):
 def broken_sandbox(monkeypatch):
     """A real bwrap that fails to start: the interpreter path it is given does not exist."""
     real = sandbox.bwrap_command
-    monkeypatch.setattr(sandbox, "bwrap_command", lambda python: real("/nonexistent/python3"))
+    monkeypatch.setattr(sandbox, "bwrap_command", lambda python, fd=None: real("/nonexistent/python3", fd))
 
 
 def test_a_killed_runner_after_the_answer_started_scores_zero(runner_reachable):
