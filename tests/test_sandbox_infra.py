@@ -123,3 +123,40 @@ def test_an_installed_bwrap_that_fails_is_not_said_to_be_missing(monkeypatch):
         sandbox.require_sandbox(False)
     msg = str(e.value)
     assert "apt-get install" not in msg and "is installed" in msg and "--unsafe-exec" in msg
+
+
+NONROOT_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from judge.sandbox import check_answer, sandbox_status
+assert sandbox_status()[0] == "bwrap", sandbox_status()
+v = check_answer(sys.argv[2], sys.argv[3], "add")
+print(v.reason, v.infra)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists() or not Path("/usr/bin/python3").exists(),
+                    reason="needs root to start an unprivileged judge (setpriv) with the system Python")
+def test_without_root_a_killed_runner_is_still_the_answers_zero():
+    """Not root: bwrap runs in a user namespace and the answer shares its runner's uid, so it can
+    kill the runner. The judge (here uid 65534, the system Python, the sandbox's own files copied
+    to a world-readable folder) still scores it 0, hack_suspected, never a sandbox failure."""
+    import shutil
+    import tempfile
+
+    pkg = Path(tempfile.mkdtemp(prefix="i20-nonroot-"))
+    try:
+        (pkg / "judge").mkdir()
+        (pkg / "judge" / "__init__.py").write_text("")
+        for f in ("sandbox.py", "sandbox_harness.py", "sandbox_wire.py", "sandbox_seccomp.py"):
+            shutil.copy(ROOT_DIR / "judge" / f, pkg / "judge" / f)
+        for p in [pkg, *pkg.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        r = subprocess.run(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                            "-c", NONROOT_PROBE, str(pkg), DISGUISED, TESTS], cwd="/", capture_output=True, text=True)
+        if "AssertionError" in r.stderr and "bwrap" in r.stderr:
+            pytest.skip(f"bwrap cannot start without root here: {r.stderr.strip().splitlines()[-1]}")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["hack_suspected", "False"], r.stdout
+    finally:
+        shutil.rmtree(pkg, ignore_errors=True)
