@@ -1,7 +1,7 @@
 """Run a candidate answer's code against its tests, isolated, with a verdict the code cannot forge.
 
 Threat model. The answer is hostile: a policy trained against this verifier learns whatever
-makes it say "passed". Two things stand between it and a false pass.
+makes it say "passed". Three things stand between it and a false pass.
 
 1. The operating system (Debian's bubblewrap, `bwrap`). Each run gets its own mount, PID,
    network, IPC and UTS namespaces: read-only binds of /usr and the Python installation, a
@@ -10,11 +10,13 @@ makes it say "passed". Two things stand between it and a false pass.
    SIGKILL for everything in it when the judge dies or the run ends (the PID namespace dies
    with its first process, so a detached grandchild dies too). Nothing of one run is visible to
    another. The environment is empty. The code never runs as root: as root, bwrap starts
-   privileged with only CAP_SETUID/SETGID and the harness drops to a fresh unprivileged uid for
-   this run (so RLIMIT_NPROC counts this run's processes only); otherwise bwrap runs in a user
-   namespace as uid 65534 with nested user namespaces disabled. rlimits inside: CPU seconds,
-   address space, processes, file size, open files, no core dumps; the judge adds a wall-clock
-   limit (generous: the time limit counts CPU time, so a busy machine does not fail a verdict).
+   privileged with only CAP_SETUID/SETGID and the harness gives the answer one fresh unprivileged
+   uid and the runner another (so RLIMIT_NPROC counts this run's processes only, and the answer
+   cannot signal or trace its runner); otherwise bwrap runs in a user namespace as uid 65534 with
+   nested user namespaces disabled. A seccomp filter (sandbox_seccomp.py) refuses new
+   namespaces, mounts, BPF, io_uring, keyrings, ptrace and module loading. rlimits inside: CPU
+   seconds, address space, processes, file size, open files, no core dumps; the judge adds a
+   wall-clock limit (generous: the time limit counts CPU time, so a busy machine does not fail a verdict).
 2. The verdict. The answer runs in its own process; the tests run in a separate trusted
    process (the runner, non-dumpable, holding the only end of the verdict pipe) that talks to
    it over two pipes. The runner asks "call `add` with (2, 3)" and gets back data, rebuilt as
@@ -23,14 +25,19 @@ makes it say "passed". Two things stand between it and a false pass.
    lies, lying str/int subclasses, patched builtins, printed markers, written files and forks
    that report cannot produce a pass: a pass means the runner executed the tests to their end
    and every assertion held. The tests never exist in the answer's process or on disk, so it
-   cannot read them. Output is read from pipes, never from a path the code can replace.
+   cannot read them. Output is read from pipes, never from a path the code can replace. The tests
+   see their own names, their imports, real builtins and modules, and only the answer's entry
+   points (entry_points); the answer's exceptions cross as their real built-in kind.
+3. Who failed. The runner writes STARTED to the verdict pipe before any of the answer's code
+   runs. No verdict after it is the answer's doing (0, hack_suspected), whatever it printed or
+   killed; nothing at all is the sandbox's failure, retried and then reported (infra=True).
 
-What it does not protect against: kernel exploits (no seccomp filter is loaded; the sandbox
-shares the host kernel, and under root the answer may still create user namespaces); CPU and
-memory bandwidth shared with its neighbours; a test that calls a helper the answer defines (and
-the prompt does not) trusts that helper. Limits of the design: values that are not plain data
-(instances of the answer's classes) are compared by identity only, arguments the tests mutate
-in place are not seen mutated, and tests cannot pass functions to the answer.
+What it does not protect against: kernel exploits through the system calls the filter allows
+(the sandbox shares the host kernel); CPU and memory bandwidth shared with its neighbours; a test
+that calls a helper the answer defines (and the prompt does not) trusts that helper. Limits of
+the design: values that are not plain data (instances of the answer's classes) are compared by
+identity only, arguments the tests mutate in place are not seen mutated, and tests cannot pass
+functions to the answer.
 Without bwrap the verifier refuses to run unless the user says `--unsafe-exec` (or `unsafe:
 true`): then the same two processes run with rlimits and a fresh uid when root, but with the
 host's filesystem, network and processes in view.
