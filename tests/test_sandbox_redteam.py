@@ -1,6 +1,9 @@
-"""The reward-hacking red team: every trick a policy could learn against code_exec, and every
-escape from the old sandbox (issue 10), as a real hostile answer run in the real sandbox. Each
-must fail: a wrong solution with the trick never passes, and nothing reaches the host.
+"""The reward-hacking red team: every trick a policy could learn against code_exec, every escape
+from the old sandbox (issue 10) and every hack of issue 20 (a failure dressed as the sandbox's,
+names the tests take from the answer, a rebuilt StopIteration), as a real hostile answer run in
+the real sandbox. Each must fail: a wrong solution with the trick never passes, it is never taken
+for a sandbox failure, and nothing reaches the host. Issue 20's false fails (helper blocks, a
+usage block, test imports, an entry point named like a builtin) must pass.
 
 All cases run once, concurrently, in a module fixture; each test then checks its own verdict
 (and what the host can see afterwards). No assertion depends on timing: the cases that need a
@@ -362,3 +365,28 @@ def test_detached_grandchild_is_gone():
 def test_a_fresh_run_works_after_the_fork_bomb(verdicts):
     assert verdicts[0]["fork_bomb"].reason != "passed"
     assert check_answer(RIGHT, TESTS, "add").passed
+
+
+# issue 20's false fails, through extraction and the verifier as a judge runs them (MBPP's shape:
+# no entry point given, the asserts name the function, imports in test_imports)
+MBPP_CASES = {
+    "helper_block_then_solution": ("```python\ndef _sq(x):\n    return x * x\n```\nNow the solution:\n"
+                                   "```python\ndef sum_sq(a, b):\n    return _sq(a) + _sq(b)\n```\n",
+                                   ["assert sum_sq(1, 2) == 5"], None),
+    "usage_block_after_solution": ("```python\ndef sum_sq(a, b):\n    return a * a + b * b\n```\nUsage:\n"
+                                   "```python\nprint(sum_sq(1, 2))\n```\n", ["assert sum_sq(1, 2) == 5"], None),
+    "test_imports_given": ("```python\nimport math\ndef area(r):\n    return math.pi * r * r\n```\n",
+                           ["assert math.isclose(area(1), 3.14159, rel_tol=0.001)"], ["import math"]),
+    "entry_point_named_sum": ("```python\ndef sum(a, b):\n    return a + b - 4\n```\n", ["assert sum(10, 15) == 21"], None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MBPP_CASES))
+def test_issue20_false_fails_now_pass(name):
+    from judge.rubric import VerifierSpec
+    from judge.verifiers import code_exec
+
+    answer, tests, imports = MBPP_CASES[name]
+    meta = {"test_list": tests, **({"test_imports": imports} if imports else {})}
+    [r] = code_exec(VerifierSpec(type="code_exec", tests="meta:test_list"), [({"meta": meta}, answer)])
+    assert r.score == 1.0, r.detail
