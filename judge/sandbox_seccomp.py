@@ -34,7 +34,7 @@ def seccomp_bpf() -> bytes | None:
     """The compiled filter (a few hundred bytes), or None where libseccomp cannot be loaded."""
     try:
         import pyseccomp as sc
-    except (ImportError, OSError, RuntimeError):  # the binding is missing, or it found no libseccomp.so
+    except (ImportError, OSError, RuntimeError, AttributeError):  # no binding, no libseccomp.so, or one too old
         return None
     f = sc.SyscallFilter(sc.ALLOW)
     for name in DENIED:
