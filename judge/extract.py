@@ -71,7 +71,10 @@ def extract_code(response: str, entry_point: str | None = None) -> str:
 def _top_level_defs(code: str) -> bool:
     """Does a (parsing) block define anything at module level: a def, class, import or assignment?"""
     kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign)
-    return any(isinstance(n, kinds) for n in ast.parse(code).body)
+    # `try: import numpy ... except ImportError:` and `if sys.version_info ...: def f()` define too
+    return any(isinstance(n, kinds) or (isinstance(n, (ast.If, ast.Try, ast.With))
+                                        and any(isinstance(m, kinds[:5]) for m in ast.walk(n)))
+               for n in ast.parse(code).body)
 
 
 def read_tests(tests: Any) -> str | None:

@@ -212,6 +212,8 @@ USES_HELPER = "def sum_sq(a, b):\n    return _sq(a) + _sq(b)\n"
     ("```python\ndef sum_sq(a, b):\n    return 0\n```\nFixed:\n```python\n" + HELPER + USES_HELPER + "```",
      "def sum_sq(a, b):\n    return 0\n\n" + HELPER + USES_HELPER),                                   # the later def wins
     (f"```python\n{USES_HELPER}```\n```pycon\n>>> sum_sq(1, 2)\n5\n```", USES_HELPER),             # a session is not code
+    ("```python\ntry:\n    import numpy as np\nexcept ImportError:\n    np = None\n```\n" + f"```python\n{USES_HELPER}```",
+     "try:\n    import numpy as np\nexcept ImportError:\n    np = None\n\n" + USES_HELPER),                # a guarded import
 ])
 def test_extract_code_helpers_and_usage(answer, want):
     assert extract_code(answer, None) == want
