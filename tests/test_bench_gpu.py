@@ -124,3 +124,15 @@ def test_device_steps_stage_check_and_assemble_then_run(tmp_path, tiny_model_dir
     (carry / "c1" / "model.part00").write_bytes(b"x" + gguf[1:1000])
     bad = _bench("--device-step", "1", "--out", str(tmp_path / "o"), env=env)
     assert bad.returncode == 3 and "arrived damaged" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_smoke_vllm_part_measures_bare_and_engine(tmp_path):
+    pytest.importorskip("vllm")
+    out = tmp_path / "g"
+    r = _bench("--smoke", "--parts", "vllm", "--out", str(out))
+    assert r.returncode == 0, r.stdout[-2000:]
+    part = json.loads((out / "results.json").read_text())["parts"]["vllm"]
+    figs = {f["what"]: f["value"] for f in part["figures"] if "value" in f}
+    assert part["status"] == "done" and figs["vllm bare"] > 0 and figs["vllm engine"] > 0, part
