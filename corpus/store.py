@@ -163,13 +163,19 @@ class Corpus:
             self._held, self._depth = None, 0
             con.close()
 
-    def _open(self, read_only: bool | None = None) -> duckdb.DuckDBPyConnection:
+    def _open(self, read_only: bool | None = None, sealed: bool = False) -> duckdb.DuckDBPyConnection:
         """Open the file, waiting (with jittered backoff) while another process holds it.
+
+        `sealed=True` (read-only only): DuckDB may touch no file but this one, so SQL a user
+        typed cannot write elsewhere either (`COPY ... TO`, `EXPORT DATABASE`, `ATTACH`), and the
+        setting is locked so the SQL cannot switch it back on.
 
         Every failure a user can cause or fix is a one-line UserError: a file that is not a
         corpus, one this user may not write, one another process keeps locked past `lock_timeout`.
         """
         read_only = self.read_only if read_only is None else read_only
+        sealed = sealed and read_only
+        config = SEALED if sealed else {}
         try:
             for attempt in Retrying(
                 retry=retry_if_exception(_is_lock_error),
@@ -178,7 +184,10 @@ class Corpus:
                 reraise=True,
             ):
                 with attempt:
-                    return _quiet(duckdb.connect(self.path, read_only=read_only))
+                    con = _quiet(duckdb.connect(self.path, read_only=read_only, config=dict(config)))
+                    if sealed:  # last: after this no statement may change a setting back
+                        con.execute("SET lock_configuration = true")
+                    return con
         except duckdb.Error as e:
             raise self._open_error(e, read_only) from None
         raise AssertionError("unreachable")
@@ -209,8 +218,8 @@ class Corpus:
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection on which DuckDB itself refuses writes, for SQL a user typed.
 
-        A file corpus with no connection open in this process gets its own read-only
-        connection. DuckDB will not open a file read-only beside a read-write connection of the
+        A file corpus with no connection open in this process gets its own read-only, sealed
+        connection (see `_open`): it can neither change the corpus nor write any other file. DuckDB will not open a file read-only beside a read-write connection of the
         same process, so where one is held (an in-memory corpus, or inside `session()`) the
         work runs in a transaction that is always rolled back; callers pass only a checked
         single SELECT there (see corpus.sqlcheck).
@@ -219,7 +228,7 @@ class Corpus:
             if self._held is not None:
                 yield self._held
                 return
-            con = self._open(read_only=True)
+            con = self._open(read_only=True, sealed=True)
             try:
                 yield con
             finally:
@@ -451,6 +460,12 @@ class BatchWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.flush()
+
+
+# DuckDB's own switch: no file access beyond the attached corpus (no `allowed_directories` are
+# given, so none is open). `lock_configuration` is switched on once the connection is set up, in
+# `_open`, so no SQL can turn access back on.
+SEALED = {"enable_external_access": False}
 
 
 def _lock_timeout() -> float:
