@@ -52,7 +52,8 @@ def _parser() -> ArgumentParser:
     v.add_argument("--login-rate-per-address", default=DEFAULT_PER_ADDRESS, metavar="RATE",
                    help=f"login attempts allowed per client address (default {DEFAULT_PER_ADDRESS}); more get 429")
     v.add_argument("--login-rate-per-token", default=DEFAULT_PER_TOKEN, metavar="RATE",
-                   help=f"failed logins allowed per token id (default {DEFAULT_PER_TOKEN}); more get 429")
+                   help=f"failed logins allowed per token id from one client address (default {DEFAULT_PER_TOKEN}); "
+                        "more get 429 there, while the same token from another address still works")
 
     n = sub.add_parser("next", help="review queued items in the terminal")
     n.add_argument("--reviewer", required=True, help="a name registered with add-reviewer")
