@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import duckdb
 
 from . import import_pairs
-from .errors import ArgumentParser, UserError, missing_table
+from .errors import ArgumentParser, UserError, is_duckdb_file, missing_table
 from .sqlcheck import one_statement, statements
 from .store import Corpus
 FORMATS = {"parquet": "(FORMAT parquet)", "jsonl": "(FORMAT json)", "csv": "(FORMAT csv, HEADER)"}
@@ -92,17 +92,6 @@ def require_tables(corpus: Corpus) -> None:
     """A one-line UserError naming the first table an applied migration created that is gone."""
     for name, made_by in corpus.missing_tables().items():
         raise UserError(missing_table(name, made_by))
-
-
-DUCKDB_MAGIC = b"DUCK"  # at byte 8 of every DuckDB database file
-
-
-def is_duckdb_file(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(12)[8:12] == DUCKDB_MAGIC
-    except OSError:
-        return False
 
 
 def check_out(corpus: Corpus, out: Path, force: bool) -> None:

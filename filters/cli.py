@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
-from corpus import ArgumentParser, Corpus, UserError
+from corpus import ArgumentParser, Corpus
+from corpus.errors import check_figure_out
 
 from .export import FORMATS, export
 from .run import run_filters
@@ -63,8 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {res['rows']} {res['view']} rows to {res['out']} ({res['format']})")
         print(f"snapshot {res['snapshot_hash']} (also in {res['snapshot_file']})")
         return 0
-    if args.plot and not Path(args.plot).resolve().parent.exists():
-        raise UserError(f"--plot {args.plot}: folder {Path(args.plot).parent} does not exist; create it first")
+    if args.plot:  # checked before the run writes anything
+        check_figure_out("--plot", args.plot)
     corpus = Corpus(args.db, create=False)
     summary = run_filters(corpus, args.config, eval_sets=args.eval_set, where=args.where, progress=not args.quiet)
     if not args.quiet:

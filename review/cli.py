@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from corpus import ArgumentParser, Corpus, UserError
+from corpus.errors import check_figure_out
 
 from .auth import add_reviewer, disable_reviewer
 from .release import DEFAULT_MIN_REVIEWS, DEFAULT_THRESHOLD, release
@@ -93,7 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         val = getattr(args, flag, None)
         if val is not None and not 0 < val < 1:
             raise UserError(f"--confidence {val}: must be between 0 and 1, e.g. 0.95")
-    corpus = Corpus(args.db, create=False)
+    if args.cmd == "report" and args.plot:  # before any work
+        check_figure_out("--plot", args.plot)
+    # a report that stores no threshold only reads: an archived corpus this user cannot write will do
+    reads_only = args.cmd == "report" and args.score_threshold is None
+    corpus = Corpus(args.db, create=False, read_only=reads_only)
     if args.cmd == "sample":
         res = sample_queue(corpus, args.size, args.population, args.buckets, args.threshold, args.margin,
                            args.disputed_share, args.seed, args.rubric)

@@ -96,7 +96,9 @@ def test_non_utf8_train_eval_pairs_file_is_one_line(tmp_path):
 
 # -- corpora the user cannot use -----------------------------------------------------------------
 
-def test_locked_corpus_is_one_line_naming_the_holder(tmp_path, capsys, monkeypatch):
+def test_locked_corpus_says_who_holds_it_and_how_long_it_waits_then_gives_up_in_one_line(tmp_path, capsys, monkeypatch):
+    """Issue 20: `corpus sql` waited over 60 s on a locked file with no word. Now a wait that a
+    person would notice is announced once (holder and limit), and the give-up is one line."""
     db = tmp_path / "c.duckdb"
     Corpus(db).close()
     holder = subprocess.Popen(
@@ -104,13 +106,17 @@ def test_locked_corpus_is_one_line_naming_the_holder(tmp_path, capsys, monkeypat
          str(db)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        monkeypatch.setenv("RLAIF_LOCK_TIMEOUT", "0.3")
+        monkeypatch.setenv("RLAIF_LOCK_TIMEOUT", "2")  # the notice comes after a quarter of it
         prompts = tmp_path / "p.jsonl"
         prompts.write_text('{"prompt": "hi"}\n')
-        rc, err, _ = cli("generate", generate_main, ["--prompts", str(prompts), "--db", str(db), "--backend", "fake"], capsys)
-        assert rc == 2 and one_line(err) and "locked by" in err and f"PID {holder.pid}" in err
-        rc, err, _ = cli("corpus", corpus_main, ["--db", str(db), "stats"], capsys)
-        assert rc == 2 and one_line(err) and "locked" in err
+        for prog, main, argv in (("generate", generate_main, ["--prompts", str(prompts), "--db", str(db), "--backend", "fake"]),
+                                 ("corpus", corpus_main, ["--db", str(db), "sql", "SELECT 1"])):
+            rc, err, _ = cli(prog, main, argv, capsys)
+            notice, gave_up = err.splitlines()
+            assert rc == 2 and "Traceback" not in err
+            assert notice.startswith(f"{db}: locked by ") and f"(PID {holder.pid}); waiting up to 2 s" in notice
+            assert gave_up.startswith(f"{prog}: error: --db {db}: locked by") and f"(PID {holder.pid})" in gave_up
+            assert "for more than 2 s; gave up" in gave_up
     finally:
         holder.kill()
         holder.wait()
