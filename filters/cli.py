@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
-from corpus import ArgumentParser, Corpus
-from corpus.errors import check_figure_out
+from corpus import ArgumentParser, Corpus, UserError
+from corpus.errors import check_figure_out, is_duckdb_file
 
 from .export import FORMATS, export
 from .run import run_filters
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "export":
         corpus = Corpus(args.export_db or args.db, create=False)
+        out = Path(args.out).resolve()
+        if out == Path(corpus.path).resolve() or is_duckdb_file(out):  # a typo in --out must not replace a corpus
+            raise UserError(f"--out {args.out}: is a DuckDB database; give a new file name for the export")
         res = export(corpus, args.kind, args.format, args.out)
         print(f"wrote {res['rows']} {res['view']} rows to {res['out']} ({res['format']})")
         print(f"snapshot {res['snapshot_hash']} (also in {res['snapshot_file']})")

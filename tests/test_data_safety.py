@@ -18,29 +18,17 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from corpus import Corpus, Prompt, run_cli
+from corpus import Corpus, Prompt
 from corpus.cli import main as corpus_main
 from filters.cli import main as filters_main
 from generate.cli import main as generate_main
 from judge.cli import main as judge_main
 from review.cli import main as review_main
 from train.cli import main as train_main
+from test_user_mistakes import cli, one_line  # the same CLI runner and one-line check
 
 ROOT = Path(__file__).resolve().parent.parent
 RUBRIC = str(ROOT / "prompts" / "helpfulness.yaml")
-
-
-def cli(prog, main, argv, capsys):
-    try:
-        rc = run_cli(prog, main, argv)
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.err.strip(), out.out
-
-
-def one_line(err: str) -> bool:
-    return err != "" and "\n" not in err and "Traceback" not in err
 
 
 def small_corpus(path: Path, n: int = 3) -> Path:
@@ -201,3 +189,14 @@ def test_train_rm_refuses_bad_flags_and_writes_nothing(tmp_path, capsys, argv, n
     rc, err, _ = cli("train", train_main, ["rm", "--db", str(db), *argv], capsys)
     assert rc == 2 and one_line(err) and needle in err, err
     assert _models(db) == 0 and existing.read_text() == "keep" and not (tmp_path / "new").exists()
+
+
+def test_filters_export_never_lands_on_a_database(tmp_path, capsys):
+    db = small_corpus(tmp_path / "c.duckdb")
+    other = small_corpus(tmp_path / "sft.jsonl", 1)  # a corpus behind an export's name
+    for out in (db, other):
+        before = out.read_bytes()
+        rc, err, _ = cli("filters", filters_main, ["--db", str(db), "export", "sft", "--format", "jsonl", "--out", str(out)],
+                         capsys)
+        assert rc == 2 and one_line(err) and "is a DuckDB database" in err, err
+        assert out.read_bytes() == before
