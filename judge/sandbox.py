@@ -394,9 +394,16 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
             tail = res.stderr.strip()[-300:]
             res.detail, res.infra = f"the sandbox failed before the answer ran (exit {proc.returncode}): {tail}", True
         return res
-    res.reason, res.detail, res.passed = v["reason"], str(v.get("detail", "")), v["reason"] == "passed"
+    res.reason, res.detail, res.passed = v["reason"], _utf8(str(v.get("detail", ""))), v["reason"] == "passed"
     res.cpu_s, res.calls = v.get("cpu_s"), int(v.get("calls") or 0)
     return res
+
+
+def _utf8(text: str) -> str:
+    """Text any store can hold. A detail quotes the answer's exception message, which may carry lone
+    surrogates (`raise ValueError('\\ud800')`): stored as they are, they stopped the whole judge run at
+    its next write (pyarrow: surrogates not allowed) and lost the batch."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _communicate(proc: subprocess.Popen, feed: int, data: bytes, vr: int, deadline: float) -> tuple[bytes, bytes, bytes, bool]:
