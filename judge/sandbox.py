@@ -271,7 +271,8 @@ def check_answer(code: str, tests: str, entry_point: str | None = None, *, prefi
 def entry_points(tests: str, entry_point: str | None, prefix: str | None = None, imports: str | None = None) -> list[str]:
     """The names the tests may take from the answer: `entry_point`, and every name the tests call
     that neither they, the prompt's code nor their imports define. A builtin the tests call counts
-    only when they call nothing else (MBPP 126's answer defines `sum`; `set(f(x))` means f)."""
+    only when they call nothing else (MBPP 126's answer defines `sum`; `set(f(x))` means f), and
+    then only the innermost (`abs(sum(-3, 1))` means sum)."""
     trusted: set[str] = set()
     for src in (prefix, imports):
         trusted |= _bound_names(src)
