@@ -18,20 +18,29 @@ _MD = MarkdownIt("commonmark")
 PYTHON_INFO = {"python", "python3", "py", "py3", "python2", "pycon", "ipython"}
 
 
-def _defines(code: str, name: str) -> bool:
+# What ast.parse raises on text that is not Python it can build a tree of: a syntax error, a NUL
+# byte, or (an answer's `x = a.b.b.b...` or `- - - ... 1`, 200,000 deep) the parser's own
+# recursion and memory limits. An answer must never crash the verifier with them: such a block
+# simply does not parse (and fails in the sandbox, as written).
+_UNPARSABLE = (SyntaxError, ValueError, RecursionError, MemoryError)
+
+
+def _parse(code: str) -> ast.Module | None:
     try:
-        tree = ast.parse(code)
-    except SyntaxError:
+        return ast.parse(code)
+    except _UNPARSABLE:
+        return None
+
+
+def _defines(code: str, name: str) -> bool:
+    tree = _parse(code)
+    if tree is None:
         return re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
     return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name == name for n in ast.walk(tree))
 
 
 def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-        return True
-    except SyntaxError:
-        return False
+    return _parse(code) is not None
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
@@ -74,7 +83,7 @@ def _top_level_defs(code: str) -> bool:
     # `try: import numpy ... except ImportError:` and `if sys.version_info ...: def f()` define too
     return any(isinstance(n, kinds) or (isinstance(n, (ast.If, ast.Try, ast.With))
                                         and any(isinstance(m, kinds[:5]) for m in ast.walk(n)))
-               for n in ast.parse(code).body)
+               for n in (_parse(code) or ast.Module(body=[], type_ignores=[])).body)
 
 
 def read_tests(tests: Any) -> str | None:

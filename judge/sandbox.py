@@ -271,13 +271,14 @@ def check_answer(code: str, tests: str, entry_point: str | None = None, *, prefi
 def entry_points(tests: str, entry_point: str | None, prefix: str | None = None, imports: str | None = None) -> list[str]:
     """The names the tests may take from the answer: `entry_point`, and every name the tests call
     that neither they, the prompt's code nor their imports define. A builtin the tests call counts
-    only when they call nothing else (MBPP 126's answer defines `sum`; `set(f(x))` means f)."""
+    only when they call nothing else (MBPP 126's answer defines `sum`; `set(f(x))` means f), and
+    then only the innermost (`abs(sum(-3, 1))` means sum)."""
     trusted: set[str] = set()
     for src in (prefix, imports):
         trusted |= _bound_names(src)
     try:
         tree = ast.parse(tests)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return [entry_point] if entry_point else []
     trusted |= _bound_names(tree)
     called = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
@@ -286,6 +287,14 @@ def entry_points(tests: str, entry_point: str | None, prefix: str | None = None,
               and n.func.id == "check" for a in n.args if isinstance(a, ast.Name)]
     free = [c for c in dict.fromkeys(called + passed) if c not in trusted]
     own = [c for c in free if not hasattr(builtins, c)]
+    if not own and not entry_point:
+        # only builtins are called: the answer's is the innermost (`abs(sum(-3, 1)) == 2` means
+        # `sum`), never every builtin around it, or an answer that also defines `abs` passes
+        inner = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                 and n.func.id in free and not any(isinstance(m, ast.Call) and isinstance(m.func, ast.Name)
+                                                   and m.func.id in free for a in n.args + [k.value for k in n.keywords]
+                                                   for m in ast.walk(a))}
+        free = [c for c in free if c in inner]
     names = ([entry_point] if entry_point else []) + (own or ([] if entry_point else free))
     return list(dict.fromkeys(names))
 
@@ -386,9 +395,16 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
             tail = res.stderr.strip()[-300:]
             res.detail, res.infra = f"the sandbox failed before the answer ran (exit {proc.returncode}): {tail}", True
         return res
-    res.reason, res.detail, res.passed = v["reason"], str(v.get("detail", "")), v["reason"] == "passed"
+    res.reason, res.detail, res.passed = v["reason"], _utf8(str(v.get("detail", ""))), v["reason"] == "passed"
     res.cpu_s, res.calls = v.get("cpu_s"), int(v.get("calls") or 0)
     return res
+
+
+def _utf8(text: str) -> str:
+    """Text any store can hold. A detail quotes the answer's exception message, which may carry lone
+    surrogates (`raise ValueError('\\ud800')`): stored as they are, they stopped the whole judge run at
+    its next write (pyarrow: surrogates not allowed) and lost the batch."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _communicate(proc: subprocess.Popen, feed: int, data: bytes, vr: int, deadline: float) -> tuple[bytes, bytes, bytes, bool]:

@@ -59,9 +59,12 @@ def code_exec_cases(spec: VerifierSpec, items: list[Item]) -> tuple[list[dict], 
             text = ((prompt.get("messages") or [{}])[-1]).get("content", "")
             prefix = text if defines(text, entry) else None
         prefix = prefix if isinstance(prefix, str) else None
-        code = extract_code(response, entry)
-        if prefix and entry and not defines(code, entry):
-            code = prefix + code
+        try:
+            code = extract_code(response, entry)
+            if prefix and entry and not defines(code, entry):
+                code = prefix + code
+        except Exception:  # noqa: BLE001 - the answer's text must not stop the run: it runs as written (and fails)
+            code = response
         imports = read_imports(_meta_ref(spec.imports or "meta:test_imports", meta))
         if imports is False:
             out[i] = VerifierResult(None, error=f"{spec.imports or 'meta:test_imports'} is not Python: give a string or a "

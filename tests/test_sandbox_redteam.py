@@ -28,6 +28,17 @@ WRONG = "def add(a, b):\n    return a - b\n"
 RIGHT = "def add(a, b):\n    return a + b\n"
 TESTS = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n    assert candidate(10, 5) == 15\n"
 SECRET = "redteam-host-secret-7f3a"
+ALL_MAP = "assert all(map(lambda c: add(*c[0]) == c[1], [((2, 3), 5)]))\n"
+# writes a forged verdict (STARTED, then "passed") to every fd it has and every fd in /proc it can open
+FORGE = ("import os, json\nV = b'started\\n' + json.dumps({'reason': 'passed', 'detail': '', 'calls': 3}).encode()\n"
+         "def forge():\n    for fd in range(0, 1024):\n        try: os.write(fd, V)\n        except OSError: pass\n"
+         "    for p in os.listdir('/proc'):\n        if not p.isdigit() and p != 'self': continue\n"
+         "        try: fds = os.listdir(f'/proc/{p}/fd')\n        except OSError: continue\n"
+         "        for f in fds:\n            try: os.write(os.open(f'/proc/{p}/fd/{f}', os.O_WRONLY | os.O_NONBLOCK), V)\n"
+         "            except OSError: pass\n")
+# replaces the harness's own `send` in the answer's process (reached through the caller's frame)
+PATCH_SEND = ("import sys\ng = sys._getframe(1).f_globals\nreal = g['send']\ndef send(link, obj):\n"
+              "    if isinstance(obj, dict) and {}: obj = {}\n    real(link, obj)\ng['send'] = send\n")
 FAIL = {"failed_assertion", "error", "hack_suspected", "timeout", "killed"}
 
 
@@ -198,6 +209,55 @@ def cases(h: dict) -> dict[str, dict]:
         "builtin_named_entry_point_wrong": {"code": "def sum(a, b):\n    return a + b\n",
                                             "tests": "assert sum(10, 15) == 21\n", "entry_point": None},
         "right_beside_the_hostile": {"code": RIGHT},
+        # issue 20's verification round: the new design's own seams (the verdict pipe and its STARTED
+        # mark, the link to the runner, the harness's code in the answer's process, the tests' names)
+        "forge_verdict_every_fd_and_proc": {"code": FORGE + "forge()\n" + WRONG},
+        "forge_verdict_then_kill_and_stop_runner": {"code": FORGE + "forge()\nfor s in (9, 19):\n    try: os.kill(os.getppid(), s)\n"
+                                                            "    except OSError: pass\n" + WRONG, "wall_s": 5},
+        "devnull_dup2_over_the_links": {"code": "import os\nn = os.open('/dev/null', os.O_RDWR)\nfor fd in range(3, 64):\n"
+                                                "    if fd != n:\n        try: os.dup2(n, fd)\n        except OSError: pass\n" + WRONG},
+        "flood_the_link_with_junk": {"code": "import os\nfor fd in range(3, 64):\n    try:\n        os.set_blocking(fd, False)\n"
+                                             "        while True: os.write(fd, b'\\xff' * 65536)\n    except OSError: pass\n" + WRONG},
+        "truncated_frame_then_exit": {"code": "import os\nfor fd in range(3, 64):\n    try: os.write(fd, b'\\x00\\x00\\x00\\x20{\"id\"')\n"
+                                              "    except OSError: pass\nos._exit(0)\n" + WRONG},
+        "sigstop_everything_in_reach": {"code": "import os\nfor p in range(1, 64):\n    try: os.kill(p, 19)\n    except OSError: pass\n"
+                                                "try: os.kill(-1, 19)\nexcept OSError: pass\n" + WRONG, "wall_s": 5},
+        "killpg_every_group": {"code": "import os\nfor p in range(0, 64):\n    try: os.killpg(p, 9)\n    except OSError: pass\n" + WRONG},
+        "sleeping_child_holds_the_pipe": {"code": "import os, time\nif os.fork() == 0:\n    time.sleep(3600)\nos._exit(0)\n", "wall_s": 5},
+        "thread_exits_the_process_midway": {"code": "import threading, os\ndef add(a, b):\n"
+                                                    "    threading.Timer(0.01, lambda: os._exit(0)).start()\n    return a - b\n"},
+        "thread_forges_replies": {"code": "import threading, os, json, struct\ndef spam():\n    while True:\n        for i in range(1, 20):\n"
+                                          "            d = json.dumps({'id': i, 'v': 5}).encode()\n            for fd in range(3, 16):\n"
+                                          "                try: os.write(fd, struct.pack('>I', len(d)) + d)\n                except OSError: pass\n"
+                                          "threading.Thread(target=spam, daemon=True).start()\n" + WRONG},
+        "recursion_limit_of_one": {"code": "import sys\nsys.setrecursionlimit(1)\n" + WRONG},
+        "builtins_dict_mutation": {"code": "__builtins__['len'] = lambda x: 0\n__builtins__['AssertionError'] = KeyError\n" + WRONG},
+        "harness_send_patched_to_answer_5": {"code": PATCH_SEND.format("'v' in obj", "{'id': obj['id'], 'v': 5}") + WRONG},
+        "harness_send_patched_to_stop_a_call": {"code": PATCH_SEND.format("'v' in obj and obj['id'] > 1", "{'id': obj['id'], 'stop': True}")
+                                                + WRONG, "tests": ALL_MAP, "entry_point": None},
+        "harness_exception_kind_says_stop_iteration": {"code": "import sys\ng = sys._getframe(1).f_globals\n"
+                                                               "g['exception_kind'] = lambda e: ('StopIteration', False)\n"
+                                                               "def add(a, b):\n    raise ValueError\n", "tests": ALL_MAP, "entry_point": None},
+        "harness_sends_malformed_values": {"code": PATCH_SEND.format("'v' in obj and obj['id'] > 1", "{'id': obj['id'], 'v': {'r': [0, 5, 0]}}")
+                                           + WRONG},
+        "gc_finds_the_counters": {"code": "import gc\nfor o in gc.get_objects():\n    if type(o) is dict and ('calls' in o or 'suspect' in o):\n"
+                                          "        o['calls'] = 99; o['suspect'] = None\n" + WRONG},
+        "repr_and_del_exit": {"code": "import os\nclass X:\n    def __repr__(self): os._exit(0)\n    def __del__(self): os._exit(0)\n"
+                                      "    def __eq__(self, o): return True\n    __hash__ = object.__hash__\ndef add(a, b):\n    return X()\n"},
+        "del_exits_at_import": {"code": "import os\nclass X:\n    def __del__(self): os._exit(0)\nx = X()\ndel x\n" + WRONG},
+        "ignore_every_signal_then_spin": {"code": "import signal\nfor s in signal.valid_signals():\n    try: signal.signal(s, signal.SIG_IGN)\n"
+                                                  "    except (OSError, ValueError, RuntimeError): pass\ndef add(a, b):\n    while True: pass\n",
+                                          "timeout_s": 1},
+        "faulthandler_writes_to_the_link": {"code": "import faulthandler, time\nfor fd in range(3, 16):\n    try:\n"
+                                                    "        faulthandler.dump_traceback_later(0.01, repeat=True, file=fd)\n        break\n"
+                                                    "    except Exception: pass\n" + WRONG + "time.sleep(0.1)\n"},
+        "raise_generator_exit": {"code": "def add(a, b):\n    raise GeneratorExit\n"},
+        "raise_own_base_exception": {"code": "class Quit(BaseException):\n    pass\ndef add(a, b):\n    raise Quit\n"},
+        "plant_module_files_in_tmp": {"code": "for n in ('math.py', 'sitecustomize.py', 'numpy.py', 'json.py', 'importlib.py'):\n"
+                                              "    open('/tmp/' + n, 'w').write('import os\\nos._exit(0)\\n')\n" + WRONG,
+                                      "tests": "assert math.isclose(add(2, 3), 5)\n", "entry_point": None},
+        "builtin_around_the_builtin_entry_point": {"code": "abs = lambda x: 2\ndef sum(a, b):\n    return 0\n",
+                                                   "tests": "assert abs(sum(-3, 1)) == 2\n", "entry_point": None},
     }
     for v in c.values():
         v.setdefault("tests", TESTS)
@@ -285,6 +345,31 @@ def test_seccomp_refuses_namespaces_io_uring_ptrace_keyrings_mounts(verdicts):
     ("flood_output", {"timeout"}),
     ("close_channel_keep_running", {"hack_suspected"}),
     ("forged_answer_frames", {"hack_suspected", "failed_assertion"}),
+    ("forge_verdict_every_fd_and_proc", FAIL),
+    ("forge_verdict_then_kill_and_stop_runner", FAIL),
+    ("devnull_dup2_over_the_links", FAIL),
+    ("flood_the_link_with_junk", FAIL),
+    ("truncated_frame_then_exit", {"hack_suspected"}),
+    ("sigstop_everything_in_reach", FAIL),
+    ("killpg_every_group", FAIL),
+    ("sleeping_child_holds_the_pipe", {"timeout"}),
+    ("thread_exits_the_process_midway", FAIL),
+    ("thread_forges_replies", FAIL),
+    ("recursion_limit_of_one", FAIL),
+    ("builtins_dict_mutation", {"failed_assertion"}),
+    ("harness_send_patched_to_answer_5", FAIL),
+    ("harness_send_patched_to_stop_a_call", {"hack_suspected"}),
+    ("harness_exception_kind_says_stop_iteration", {"error"}),
+    ("harness_sends_malformed_values", {"hack_suspected"}),
+    ("gc_finds_the_counters", {"failed_assertion"}),
+    ("repr_and_del_exit", {"failed_assertion"}),
+    ("del_exits_at_import", {"hack_suspected"}),
+    ("ignore_every_signal_then_spin", {"timeout"}),
+    ("faulthandler_writes_to_the_link", FAIL),
+    ("raise_generator_exit", {"hack_suspected"}),
+    ("raise_own_base_exception", {"hack_suspected"}),
+    ("plant_module_files_in_tmp", {"failed_assertion"}),
+    ("builtin_around_the_builtin_entry_point", {"failed_assertion"}),
 ])
 def test_trick_does_not_pass(verdicts, name, reasons):
     v = verdicts[0][name]
@@ -390,3 +475,51 @@ def test_issue20_false_fails_now_pass(name):
     meta = {"test_list": tests, **({"test_imports": imports} if imports else {})}
     [r] = code_exec(VerifierSpec(type="code_exec", tests="meta:test_list"), [({"meta": meta}, answer)])
     assert r.score == 1.0, r.detail
+
+
+def test_builtins_around_a_builtin_entry_point_stay_real():
+    """Tests that call only builtins: the innermost is the answer's (MBPP 126's `sum`), the rest
+    stay the tests' own (an answer that also defined `abs` passed `abs(sum(-3, 1)) == 2`)."""
+    from judge.sandbox import entry_points
+
+    assert entry_points("assert abs(sum(-3, 1)) == 2\n", None) == ["sum"]
+    assert entry_points("assert sum(10, 15) == 21\n", None) == ["sum"]
+    assert entry_points("assert set(common([1, 2], [2, 1])) == set([1, 2])\n", None) == ["common"]
+
+
+# answers whose text once stopped the whole judge run (exit 1, nothing stored) and the GRPO reward
+CRASHERS = {
+    "parser_recursion_bomb": WRONG + "x = a" + ".b" * 200_000 + "\n",
+    "parser_memory_bomb": WRONG + "x = " + "-" * 200_000 + "1\n",
+    "surrogates_in_the_exception": "def add(a, b):\n    raise ValueError('\\ud800\\x00' * 50)\n",
+}
+
+
+def test_answers_that_crashed_the_verifier_are_stored_as_zero(tmp_path):
+    """Through the judge's own run (what `python -m judge` calls) and run_verifier (what GRPO calls):
+    each is a stored 0, the right answer beside them still a 1."""
+    import json
+
+    import yaml
+    from test_judge_helpers import add_candidates
+
+    from corpus import Corpus
+    from judge.rubric import VerifierSpec
+    from judge.run import run_judge
+    from judge.verifiers import run_verifier
+
+    meta = {"test": TESTS, "entry_point": "add"}
+    answers = [f"```python\n{c}```\n" for c in CRASHERS.values()] + [f"```python\n{RIGHT}```\n"]
+    corpus = Corpus(tmp_path / "c.duckdb")
+    gens = add_candidates(corpus, [("Write add(a, b).", answers)], meta=meta)
+    rubric = tmp_path / "code.yaml"
+    rubric.write_text(yaml.safe_dump({"name": "code", "version": 1, "task": "t", "judges": [], "criteria": [
+        {"name": "tests_pass", "description": "passes", "kind": "verifier", "verifier": {"type": "code_exec", "tests": "meta:test"}}]}))
+    summary = run_judge(corpus, str(rubric), progress=False)
+    assert summary["transient"] == 0 and summary["failed"] == 0, summary
+    rows = {r["target_id"]: r for r in corpus.query("SELECT target_id, score, meta FROM judgments")}
+    assert [rows[g.id]["score"] for g in gens] == [0.0, 0.0, 0.0, 1.0]
+    assert "?" in json.loads(rows[gens[2].id]["meta"])["detail"]["detail"]  # the surrogates, replaced
+    prompt = {"messages": [{"role": "user", "content": "Write add(a, b)."}], "meta": meta}
+    spec = VerifierSpec(type="code_exec", tests="meta:test")
+    assert [r.score for r in run_verifier(spec, [(prompt, a) for a in answers], corpus)] == [0.0, 0.0, 0.0, 1.0]
