@@ -65,6 +65,11 @@ class MemoryCalls:
         self._lock = threading.Lock()
         self._write, self._limit = write, limit
 
+    def preload(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for r in rows:
+                self._calls[r["key"]] = r["response"]
+
     def lookup_calls(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {k: self._calls[k] for k in keys if k in self._calls}

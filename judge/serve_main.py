@@ -19,6 +19,7 @@ from corpus import ArgumentParser, Corpus, UserError
 
 from .serve import RewardService, create_app
 from .serve_log import CorpusSink, RewardLog
+from .rubric import load_rubric
 from .serve_score import RubricScorer
 
 
@@ -94,7 +95,8 @@ def serve_main(argv: Sequence[str]) -> int:
     args = serve_parser().parse_args(list(argv))
     token = _check(args)
     corpus = Corpus(args.db)
-    config = {"rubric_path": args.rubric, "host": args.host, "port": args.port, "executor": args.executor,
+    r = load_rubric(args.rubric)  # here, so that the run's config names the rubric version it serves
+    config = {"rubric_path": args.rubric, "rubric": r.name, "rubric_version": r.version, "rubric_hash": r.rubric_hash, "host": args.host, "port": args.port, "executor": args.executor,
               "workers": args.workers, "item_timeout_s": args.item_timeout, "max_concurrency": args.max_concurrency,
               "token_env": args.token_env if token else None}  # the variable's name, never its value
     if args.executor == "ray":
@@ -111,8 +113,6 @@ def serve_main(argv: Sequence[str]) -> int:
     with corpus.run("judge serve", config) as run:
         service, scorer, writer = build(args, corpus, run.id, CorpusSink(corpus))
         try:
-            r = scorer.rubric
-            config.update(rubric=r.name, rubric_version=r.version, rubric_hash=r.rubric_hash, code_exec_isolation=scorer.isolation)
             port = sock.getsockname()[1]
             # the line clients and tests wait for: the socket already accepts (connections queue)
             print(f"serving http://{args.host}:{port} rubric {r.name} v{r.version} ({r.rubric_hash}) "

@@ -139,7 +139,14 @@ class RubricScorer:
                                             "response": item.response, "meta": item.meta()})
 
     def warm(self, limit: int = 100_000) -> int:
-        """Fill the reward cache from earlier served rewards of this rubric version (startup only)."""
+        """Fill the reward cache from earlier served rewards of this rubric version, and the call
+        cache from earlier servers' judge answers (startup only: a request never reads the file).
+        The calls matter after a kill: items judged but not yet answered are not paid for twice."""
+        if self.backends:
+            calls = self.corpus.query(
+                "SELECT key, response FROM calls WHERE status <> 'failed' AND run_id IN "
+                "(SELECT id FROM runs WHERE command = 'judge serve') ORDER BY created_at DESC LIMIT ?", [limit])
+            self.calls.preload([{"key": c["key"], "response": json.loads(c["response"])} for c in calls])
         rows = self.corpus.query(
             "SELECT reward_key, any_value(reward) AS reward, any_value(scores) AS scores, any_value(flags) AS flags "
             "FROM served_rewards WHERE rubric_hash = ? AND error IS NULL GROUP BY reward_key "
