@@ -12,12 +12,10 @@ criteria could be scored has no reward and carries the reason instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import queue
 import threading
-import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -26,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from backends import Backend, CachedBackend, load_backend
 from corpus import Corpus, Failure, Flag, Generation, Judgment, Prompt, Record, UserError, canonical_json, content_id
 
-from .calls import LLMTask, Outcome, ask, to_records
+from .calls import LLMTask, ask, to_records
 from .injection import find_injection
 from .jury import aggregate as combine
 from .jury import human_agreement_weights, item_agreement
@@ -106,7 +104,7 @@ class RubricScorer:
         self.calls = MemoryCalls(write)
         self.specs, self.names, self.backends = self._judges(backend, limits or {})
         serial = any(b.inner.name not in _THREAD_SAFE for b in self.backends)
-        self.batcher = JudgeBatcher(self.backends, self.rubric.retries, senders=1 if serial else 4)
+        self._llm_lock: Any = threading.Lock() if serial else contextlib.nullcontext()
         # read once at startup: a request never reads the corpus
         self.jury_weights = human_agreement_weights(corpus, rubric.name, rubric.version) if rubric.aggregation == "weighted" else {}
         self.cache: dict[str, Scored] = {}
@@ -131,7 +129,6 @@ class RubricScorer:
         return specs, names, loaded
 
     def close(self) -> None:
-        self.batcher.close()
         for b in self.backends:
             b.close()
 
@@ -240,7 +237,8 @@ class RubricScorer:
                                             bool(self.backends[j].supports_logprobs))
                     fields = {**base, "judge": name, "criterion": c.name, "criterion_hash": chash, "sample_idx": s}
                     tasks.append(LLMTask(request=req, judge_idx=j, fields=fields, lo=c.lo, hi=c.hi))
-        outcomes = self.batcher.ask(tasks)
+        with self._llm_lock:
+            outcomes = ask(self.backends, tasks, self.rubric.retries, lambda n: None)  # type: ignore[arg-type]
         judged, counts = to_records(outcomes, self.run_id)
         recs.extend(judged)
         for r in judged:
@@ -303,62 +301,6 @@ class RubricScorer:
                                  reason=f"{c.name}: agreement {agreement:.2f} < {threshold}",
                                  details={"criterion": c.name, "scores": by_judge}))
         return out
-
-
-class JudgeBatcher:
-    """Judge calls of items scored at the same time go out in one `generate` per judge.
-
-    A backend call has a fixed cost (the openai backend opens a client and an event loop per
-    call; hf pads a batch): sending each item's calls alone made that cost per item. Each sender
-    thread takes the first waiting item, gathers what else arrives within `window_s`, and asks
-    for all of it at once; `senders` batches may be in flight (1 for backends that are not
-    thread-safe, which also serialises them).
-    """
-
-    def __init__(self, backends: list[CachedBackend], retries: int, senders: int = 4, window_s: float = 0.005):
-        self.backends, self.retries, self.window_s = backends, retries, window_s
-        self._q: "queue.Queue[tuple[list[LLMTask], Future] | None]" = queue.Queue()
-        self._threads = [threading.Thread(target=self._loop, name="judge-batcher", daemon=True) for _ in range(senders)]
-        for t in self._threads:
-            t.start()
-
-    def ask(self, tasks: list[LLMTask]) -> list[Outcome]:
-        if not tasks:
-            return []
-        fut: Future = Future()
-        self._q.put((tasks, fut))
-        return fut.result()
-
-    def _loop(self) -> None:
-        while True:
-            first = self._q.get()
-            if first is None:
-                return
-            batch = [first]
-            end = time.monotonic() + self.window_s
-            while (left := end - time.monotonic()) > 0:
-                try:
-                    nxt = self._q.get(timeout=left)
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._q.put(None)  # leave the stop mark for the other senders
-                    break
-                batch.append(nxt)
-            tasks = [t for ts, _ in batch for t in ts]
-            try:
-                outs = ask(self.backends, tasks, self.retries, lambda n: None)  # type: ignore[arg-type]
-            except BaseException as e:  # noqa: BLE001 - handed to every waiting item
-                for _, fut in batch:
-                    fut.set_exception(e)
-                continue
-            i = 0
-            for ts, fut in batch:
-                fut.set_result(outs[i : i + len(ts)])
-                i += len(ts)
-
-    def close(self) -> None:
-        self._q.put(None)
 
 
 def _range(c: Criterion) -> tuple[float, float]:
