@@ -156,7 +156,8 @@ class RewardLog:
     def __init__(self, sink: Any, every: int = 512, seconds: float = 0.5):
         self.sink, self.every, self.seconds = sink, every, seconds
         self._q: "queue.Queue[list[Record] | None]" = queue.Queue()
-        self.pending = 0
+        self.pending = 0  # rows handed over and not yet written (GET /health shows it)
+        self._count = threading.Lock()  # add() runs on many threads: += is not atomic across them
         self.written = 0
         self.errors = 0
         self._thread = threading.Thread(target=self._loop, name="reward-log", daemon=True)
@@ -165,7 +166,8 @@ class RewardLog:
     def add(self, records: Iterable[Record]) -> None:
         recs = list(records)
         if recs:
-            self.pending += len(recs)
+            with self._count:
+                self.pending += len(recs)
             self._q.put(recs)
 
     def _loop(self) -> None:
@@ -189,14 +191,16 @@ class RewardLog:
         for attempt in range(3):
             try:
                 self.written += self.sink.write(buf)
-                self.pending -= len(buf)
+                with self._count:
+                    self.pending -= len(buf)
                 return
             except Exception as e:  # noqa: BLE001 - the server keeps answering; the failure is logged
                 log.error("reward log: writing %d records failed (%s: %s)%s", len(buf), type(e).__name__,
                           str(e).splitlines()[0][:200] if str(e) else "", "; retrying" if attempt < 2 else "")
                 time.sleep(0.5 * (attempt + 1))
         self.errors += len(buf)
-        self.pending -= len(buf)
+        with self._count:
+            self.pending -= len(buf)
 
     def close(self) -> None:
         """Flush what is queued and stop the writer."""
