@@ -12,10 +12,12 @@ criteria could be scored has no reward and carries the reason instead.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import queue
 import threading
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -104,7 +106,7 @@ class RubricScorer:
         self.calls = MemoryCalls(write)
         self.specs, self.names, self.backends = self._judges(backend, limits or {})
         serial = any(b.inner.name not in _THREAD_SAFE for b in self.backends)
-        self._llm_lock: Any = threading.Lock() if serial else contextlib.nullcontext()
+        self.shared = [SharedCalls(b, senders=1 if serial else 8) for b in self.backends]
         # read once at startup: a request never reads the corpus
         self.jury_weights = human_agreement_weights(corpus, rubric.name, rubric.version) if rubric.aggregation == "weighted" else {}
         self.cache: dict[str, Scored] = {}
@@ -129,6 +131,8 @@ class RubricScorer:
         return specs, names, loaded
 
     def close(self) -> None:
+        for sc in self.shared:
+            sc.close()
         for b in self.backends:
             b.close()
 
@@ -237,8 +241,7 @@ class RubricScorer:
                                             bool(self.backends[j].supports_logprobs))
                     fields = {**base, "judge": name, "criterion": c.name, "criterion_hash": chash, "sample_idx": s}
                     tasks.append(LLMTask(request=req, judge_idx=j, fields=fields, lo=c.lo, hi=c.hi))
-        with self._llm_lock:
-            outcomes = ask(self.backends, tasks, self.rubric.retries, lambda n: None)  # type: ignore[arg-type]
+        outcomes = ask(self.shared, tasks, self.rubric.retries, lambda n: None)  # type: ignore[arg-type]
         judged, counts = to_records(outcomes, self.run_id)
         recs.extend(judged)
         for r in judged:
@@ -301,6 +304,78 @@ class RubricScorer:
                                  reason=f"{c.name}: agreement {agreement:.2f} < {threshold}",
                                  details={"criterion": c.name, "scores": by_judge}))
         return out
+
+
+class SharedCalls:
+    """One judge backend shared by the items scored at the same time: their calls go out together.
+
+    A backend call has a fixed cost (the openai backend builds a client per call; hf pads a
+    batch), which per-item calls paid per item. A sender thread takes the first waiting call
+    group, gathers what else arrives within `window_s`, and sends all of it at once; each group
+    gets its answers as soon as they have all arrived (the backend streams them), so a slow call
+    holds up only its own item, never the items batched with it. `senders` groups may be in
+    flight (1 for backends that are not thread-safe, which also serialises them).
+    """
+
+    def __init__(self, backend: CachedBackend, senders: int = 8, window_s: float = 0.005):
+        self.backend, self.window_s = backend, window_s
+        self._q: "queue.Queue[tuple[list, Future] | None]" = queue.Queue()
+        for _ in range(senders):
+            threading.Thread(target=self._loop, name="judge-calls", daemon=True).start()
+
+    def generate(self, requests: list, progress: Any = None) -> list:
+        """What `calls.ask` calls: this group's completions, in order."""
+        if not requests:
+            return []
+        fut: Future = Future()
+        self._q.put((list(requests), fut))
+        return fut.result()
+
+    def _loop(self) -> None:
+        while True:
+            first = self._q.get()
+            if first is None:
+                self._q.put(None)  # leave the stop mark for the other senders
+                return
+            groups = [first]
+            end = time.monotonic() + self.window_s
+            while (left := end - time.monotonic()) > 0:
+                try:
+                    nxt = self._q.get(timeout=left)
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._q.put(None)
+                    break
+                groups.append(nxt)
+            self._send(groups)
+
+    def _send(self, groups: list[tuple[list, Future]]) -> None:
+        owner, slot, got, left = [], [], [[None] * len(r) for r, _ in groups], [len(r) for r, _ in groups]
+        for g, (reqs, _) in enumerate(groups):
+            owner += [g] * len(reqs)
+            slot += list(range(len(reqs)))
+        lock = threading.Lock()
+
+        def arrived(results: list) -> None:
+            for i, comp in results:
+                with lock:
+                    g = owner[i]
+                    got[g][slot[i]] = comp
+                    left[g] -= 1
+                    done = left[g] == 0
+                if done:
+                    groups[g][1].set_result(got[g])
+
+        try:
+            self.backend.generate([r for reqs, _ in groups for r in reqs], on_results=arrived)
+        except BaseException as e:  # noqa: BLE001 - an unreachable judge fails every waiting item
+            for _, fut in groups:
+                if not fut.done():
+                    fut.set_exception(e)
+
+    def close(self) -> None:
+        self._q.put(None)
 
 
 def _range(c: Criterion) -> tuple[float, float]:
