@@ -23,7 +23,7 @@ from .run import run_judge
 
 def _judge_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m judge", description="Judge every candidate not yet judged under a rubric version. "
-                       "Subcommands: `python -m judge audit ...` prints the bias report; `python -m judge eval ...` "
+                       "Subcommands: `python -m judge audit ...` prints the bias report; `python -m judge serve ...` serves the rubric as a reward service; `python -m judge eval ...` "
                        "measures the judges against human preference labels.", epilog=EXIT_STATUS)
     p.add_argument("--rubric", required=True, help="rubric YAML, e.g. prompts/code.yaml")
     p.add_argument("--db", required=True, help="the corpus DuckDB file")
@@ -52,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "audit":
         return audit_main(argv[1:])
+    if argv and argv[0] == "serve":
+        from .serve_main import serve_main
+
+        return serve_main(argv[1:])
     if argv and argv[0] == "eval":
         from .eval_report import eval_main
 
@@ -154,6 +158,7 @@ def print_audit(report: dict[str, Any]) -> None:
 def cli_parsers() -> dict[str, ArgumentParser]:
     """Every parser of `python -m judge`, for the generated CLI reference."""
     from .eval_report import eval_parser
+    from .serve_main import serve_parser
 
     return {"python -m judge": _judge_parser(), "python -m judge audit": _audit_parser(),
-            "python -m judge eval": eval_parser()}
+            "python -m judge eval": eval_parser(), "python -m judge serve": serve_parser()}
