@@ -27,6 +27,7 @@ import pyarrow as pa
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from . import schema
+from .batches import BatchLedger
 from .errors import UserError
 from .ids import canonical_json
 from .records import RECORDS, Record, Run, now
@@ -105,7 +106,7 @@ def _to_arrow(records: Sequence[Record]) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-class Corpus:
+class Corpus(BatchLedger):
     """A DuckDB corpus file. `Corpus(":memory:")` keeps one connection (tests, scratch)."""
 
     def __init__(

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from backends import BackendError, add_backend_args, add_executor_args, backend_from_args, backend_limits
+from backends import BackendError, add_backend_args, add_executor_args, backend_from_args, backend_limits, report_paid_run
 from corpus import ArgumentParser, Corpus, UserError
 from corpus.errors import EXIT_STATUS, report_incomplete
 from corpus.call_shards import merge_call_shards
@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_summary(summary)
     # 0: every planned judgment stored (parse failures are stored results); 3: backend errors remain
     planned = int(summary.get("judged", 0)) + int(summary.get("transient", 0))
-    return report_incomplete("judge", int(summary.get("transient", 0)), planned, "judge calls")
+    paid = report_paid_run(backend, "judge", int(summary.get("pending", 0)), args.db) if backend is not None else None
+    return report_incomplete("judge", int(summary.get("transient", 0)), planned, "judge calls") or paid or 0
 
 
 def audit_main(argv: Sequence[str]) -> int:
