@@ -28,9 +28,10 @@ Faults:
                                       (the client's timeout fires; an orphan file is left)
     on_create=fn(batch)               called after a batch is created, before it is answered (a
                                       test kills its client there: created, never recorded)
-    rpm=R                             /v1/chat/completions refuses with 429 (Retry-After, and
-                                      x-ratelimit-* headers on every answer) beyond R per minute,
-                                      counted as a token bucket with `burst` requests of slack
+    on_answer=fn(route)               the same for every Files/Batches request, by route
+    rpm=R                             /v1/chat/completions refuses with 429 (Retry-After and
+                                      x-ratelimit-* headers) beyond R per minute, counted as a
+                                      token bucket with `burst` requests of slack
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class BatchServer(OpenAIServer):
     content_faults: list[str] = field(default_factory=list)
     upload_faults: list[str] = field(default_factory=list)
     on_create: "Callable[[dict[str, Any]], None] | None" = None
+    # called with the route ("files", "batches", "retrieve", "list", "content", "cancel") after
+    # the server did the work and before it answers: a test kills its client there
+    on_answer: "Callable[[str], None] | None" = None
     rpm: float | None = None
     burst: float = 2.0
 
@@ -157,6 +161,8 @@ class _BatchHandler(_Handler):
 
     def _reply(self, status: int, payload: Any, route: str, raw: bytes | None = None,
                headers: dict[str, str] | None = None) -> None:
+        if self.srv.on_answer is not None and route != "chat":
+            self.srv.on_answer(route)
         with self.srv._block:
             self.srv.answered.append((self.command, route, status))
         if raw is not None:
