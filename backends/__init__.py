@@ -143,6 +143,10 @@ def backend_from_args(args: Any, prefix: str = "") -> Backend:
     model = getattr(args, f"{a}model")
     limits = backend_limits(args, prefix)
     paid = paid_api_options(args, prefix, model)
+    if name != "openai" and any(paid[k] is not None for k in ("batch", "export_path", "rpm", "tpm", "max_cost")):
+        flag = next(f for f, k in (("batch", "batch"), ("export-batch", "export_path"), ("rpm", "rpm"), ("tpm", "tpm"),
+                                   ("max-cost", "max_cost")) if paid.get(k) is not None)
+        raise BackendError(f"--{prefix}{flag} works with --{prefix}backend openai only; drop it or use the openai backend")
     if name == "openai":
         backend = load_backend(
             name, model,
@@ -156,10 +160,6 @@ def backend_from_args(args: Any, prefix: str = "") -> Backend:
         backend = load_backend(name, model, batch_size=getattr(args, f"{a}batch_size"), device=getattr(args, f"{a}device"))
     else:
         backend = load_backend(name, model)
-    if name != "openai" and any(paid[k] is not None for k in ("batch", "export_path", "rpm", "tpm", "max_cost")):
-        flag = next(f for f, k in (("batch", "batch"), ("export-batch", "export_path"), ("rpm", "rpm"), ("tpm", "tpm"),
-                                   ("max-cost", "max_cost")) if paid.get(k) is not None)
-        raise BackendError(f"--{prefix}{flag} works with --{prefix}backend openai only; drop it or use the openai backend")
     backend.max_prompt_bytes = limits["max_prompt_bytes"]
     return backend
 

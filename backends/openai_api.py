@@ -312,8 +312,6 @@ class OpenAIBackend(Backend):
         an answer: the caller frees the slot once the answer is delivered)."""
         t0 = time.perf_counter()
         attempts = 0
-        if not self.may_spend([req], "online"):
-            return Completion(finish_reason="error", pending=True, error=self.held_reason), False
         charged = 0
         try:
             async for attempt in AsyncRetrying(
@@ -324,11 +322,15 @@ class OpenAIBackend(Backend):
             ):
                 with attempt:
                     attempts += 1
-                    if self.limiter is not None:
-                        charged = await self.limiter.acquire(req)
                     # held per attempt, so a request waiting to retry frees its slot
                     await sem.acquire()
+                    # checked once a slot is free, so the money of answers already back counts
+                    if attempts == 1 and not self.may_spend([req], "online"):
+                        sem.release()
+                        return Completion(finish_reason="error", pending=True, error=self.held_reason), False
                     try:
+                        if self.limiter is not None:
+                            charged = await self.limiter.acquire(req)
                         resp = await self._send(client, req)
                     except BaseException:
                         sem.release()
@@ -336,6 +338,7 @@ class OpenAIBackend(Backend):
         except Unreachable:
             raise
         except Exception as e:  # noqa: BLE001 - every failure of one request becomes its Completion
+            self.budget.release(max(1, prompt_bytes(req) // 4), req.params.max_new_tokens, "online")
             permanent = not _is_transient(e)
             reason = self._describe(e)
             if not permanent:

@@ -148,3 +148,120 @@ def import_batch_output(corpus: Any, path: Path, run_id: str | None = None, ever
             resolve()
     resolve()
     return counts
+
+
+# -- python -m corpus batches | import-batch ---------------------------------------------------
+
+def add_parsers(sub: Any) -> None:
+    b = sub.add_parser("batches", help="batches of the openai backend's --batch mode and their state; cancel or forget one")
+    b.add_argument("--live", action="store_true", help="only batches whose answers are not all stored")
+    b.add_argument("--format", choices=["table", "jsonl"], default="table")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--cancel", metavar="ID", help="cancel this batch at the provider (our id, the provider's, or 'all' "
+                   "live ones); a rerun of its command sends its unanswered requests again")
+    g.add_argument("--forget", metavar="ID", help="stop waiting for a batch the provider no longer shows (e.g. made "
+                   "with another project's key): the next run sends its requests again")
+    b.add_argument("--base-url", default=None, help="with --cancel: the endpoint, where the recorded one had credentials")
+    b.add_argument("--api-key-env", default="OPENAI_API_KEY", help="with --cancel: the variable holding the API key")
+    i = sub.add_parser("import-batch", help="store the output file of `vllm run-batch` (requests written by "
+                       "generate --export-batch) in the call cache by key")
+    i.add_argument("file", type=Path, help="the file vllm run-batch wrote (-o)")
+
+
+def _cancel(corpus: Any, which: str, base_url: str | None, key_env: str) -> list[tuple[str, str]]:
+    import os
+
+    import openai
+
+    rows = corpus.list_batches(None if which == "all" else which, live_only=which == "all")
+    rows = [r for r in rows if r["mode"] == "batch"]
+    if not rows:
+        raise UserError(f"batches --cancel {which}: no such batch; list them with `python -m corpus --db {corpus.path} batches`")
+    out = []
+    for r in rows:
+        if not r["provider_id"]:
+            corpus.update_batch(r["id"], status="cancelled", collected=True, error="cancelled before it was created")
+            out.append((r["id"], "cancelled (never created)"))
+            continue
+        url = base_url or r["endpoint"]
+        if "***" in (url or ""):
+            raise UserError("batches --cancel: the recorded endpoint had credentials; give it again with --base-url URL")
+        client = openai.OpenAI(base_url=url, api_key=os.environ.get(key_env) or "EMPTY", max_retries=3)
+        try:
+            got = client.batches.cancel(r["provider_id"])
+        except openai.APIError as e:
+            raise UserError(f"batches --cancel {r['provider_id']}: {type(e).__name__} "
+                            f"{getattr(e, 'status_code', '')}; check --base-url and ${key_env}") from None
+        corpus.update_batch(r["id"], status=got.status)
+        out.append((r["provider_id"], got.status))
+    return out
+
+
+def main(corpus: Any, args: Any) -> int:
+    """`batches` and `import-batch`; prints a table or one line per action."""
+    from .cli import _print_rows
+
+    if args.cmd == "import-batch":
+        with corpus.run("import-batch", {"file": str(args.file)}) as run:
+            counts = import_batch_output(corpus, args.file, run.id)
+            run.summary = counts
+        print(f"import-batch: {counts['stored']} answers stored, {counts['failed']} failed lines, "
+              f"{counts['unknown']} lines whose key no export recorded (not stored)")
+        return 0
+    if args.cancel:
+        for pid, status in _cancel(corpus, args.cancel, args.base_url, args.api_key_env):
+            print(f"{pid}: {status}")
+        return 0
+    if args.forget:
+        rows = corpus.list_batches(args.forget)
+        if not rows:
+            raise UserError(f"batches --forget {args.forget}: no such batch")
+        for r in rows:
+            corpus.update_batch(r["id"], collected=True, error="forgotten: its requests are sent again")
+            print(f"{r['id']}: forgotten; the next run sends its {r['n_requests']} requests again")
+        return 0
+    rows = corpus.list_batches(live_only=args.live)
+    cols = ["id", "provider_id", "mode", "model", "status", "collected", "n_requests", "n_ok", "n_failed", "n_resend",
+            "updated_at"]
+    _print_rows(cols, [tuple(r[c] for c in cols) for r in rows], args.format, 1000, title="batches")
+    return 0
+
+
+def cost_rows(corpus: Any, prices: dict[str, Any] | None) -> list[tuple[Any, ...]]:
+    """Tokens and cost per run, model and mode, from the calls each run paid for (calls.run_id);
+    a call whose key went into a provider batch was paid at the batch price."""
+    rows = corpus.query(
+        "SELECT c.run_id, r.command, c.model, "
+        "CASE WHEN EXISTS (SELECT 1 FROM batch_requests q JOIN batches b ON b.id = q.batch_id "
+        "  WHERE q.key = c.key AND b.mode = 'batch') THEN 'batch' "
+        "  WHEN EXISTS (SELECT 1 FROM batch_requests q JOIN batches b ON b.id = q.batch_id "
+        "  WHERE q.key = c.key AND b.mode = 'export') THEN 'export' ELSE 'online' END AS mode, "
+        "count(*) AS calls, sum(coalesce(json_extract(c.response, '$.prompt_tokens')::BIGINT, 0)) AS tokens_in, "
+        "sum(coalesce(json_extract(c.response, '$.completion_tokens')::BIGINT, 0)) AS tokens_out "
+        "FROM calls c LEFT JOIN runs r ON r.id = c.run_id WHERE c.status = 'ok' "
+        "GROUP BY 1, 2, 3, 4 ORDER BY min(c.created_at), 3, 4")
+    out = []
+    for r in rows:
+        p = (prices or {}).get(r["model"])
+        usd = "-"
+        if p is not None and r["mode"] != "export":  # an exported file ran on the user's own GPUs
+            cost = (r["tokens_in"] * p["input"] + r["tokens_out"] * p["output"]) / 1e6
+            usd = f"{cost * (p['batch_discount'] if r['mode'] == 'batch' else 1.0):.4f}"
+        out.append((r["run_id"], r["command"], r["model"], r["mode"], r["calls"], r["tokens_in"], r["tokens_out"], usd))
+    return out
+
+
+def load_price_file(path: str) -> dict[str, dict[str, float]]:
+    """The price file of `--prices` (backends/pricing.py documents it). Read here again because
+    the corpus imports nothing of ours; only the three numbers per model are needed."""
+    from .yamlfile import load_yaml
+
+    data, _ = load_yaml(Path(path), "write `model: {input: 0.15, output: 0.6, batch_discount: 0.5}`")
+    if not isinstance(data, dict):
+        raise UserError(f"--prices {path}: expected a mapping model -> {{input, output, batch_discount}}")
+    try:
+        return {str(m): {"input": float(v["input"]), "output": float(v["output"]),
+                         "batch_discount": float(v.get("batch_discount", 0.5))} for m, v in data.items()}
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise UserError(f"--prices {path}: every model needs input and output in USD per million tokens, "
+                        "e.g. `gpt-4o-mini: {input: 0.15, output: 0.6}`") from None

@@ -159,6 +159,14 @@ class BatchServer(OpenAIServer):
 class _BatchHandler(_Handler):
     srv: BatchServer
 
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
+        srv = self.srv
+        if srv.rpm is not None and self.path.rstrip("/").endswith("/chat/completions"):
+            tokens = srv._bucket[0]  # what a provider reports on every answer
+            headers = {"x-ratelimit-limit-requests": f"{srv.rpm:g}", "x-ratelimit-remaining-requests": str(int(tokens)),
+                       "x-ratelimit-reset-requests": f"{max(0.0, 1 - tokens) * 60 / srv.rpm:.3f}s", **(headers or {})}
+        super()._send(status, payload, headers, raw)
+
     def _reply(self, status: int, payload: Any, route: str, raw: bytes | None = None,
                headers: dict[str, str] | None = None) -> None:
         if self.srv.on_answer is not None and route != "chat":
@@ -234,8 +242,7 @@ class _BatchHandler(_Handler):
                 with srv._block:
                     srv.n_429 += 1
                 return self._reply(429, {"error": {"message": "rate limited", "type": "requests"}}, "chat",
-                                   headers={"Retry-After": f"{wait:.3f}", "x-ratelimit-limit-requests": f"{srv.rpm:g}",
-                                            "x-ratelimit-remaining-requests": "0"})
+                                   headers={"Retry-After": f"{wait:.3f}"})
         if not path.startswith(("/v1/files", "/v1/batches")):
             return super().do_POST()
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
