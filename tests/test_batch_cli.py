@@ -127,3 +127,26 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, extra, message):
                                         "--backend", "openai", *extra])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_judge_in_batch_mode_makes_one_batch_and_the_rerun_asks_nothing(tmp_path, capsys):
+    from pathlib import Path
+
+    from judge.cli import main as judge_main
+
+    root = Path(__file__).resolve().parent.parent
+    prompts, db = write_prompts(tmp_path, ["a", "b", "c"]), tmp_path / "c.duckdb"
+    with batch_server.BatchServer(polls_to_finish=2) as srv:
+        assert gen(tmp_path, prompts, db, "--base-url", srv.base_url) == 0
+        judge = ["--rubric", str(root / "prompts/helpfulness.yaml"), "--db", str(db), "--judge-backend", "openai",
+                 "--judge-model", "echo-model", "--judge-base-url", srv.base_url, "--quiet", "--judge-batch",
+                 "--judge-batch-poll", "0.02"]
+        assert run_cli("judge", judge_main, judge) == 0
+        assert srv.created() == 1 and srv.paid_twice() == []
+        n = len(srv.paid)
+        assert run_cli("judge", judge_main, judge) == 0
+        assert srv.created() == 1 and len(srv.paid) == n
+    c = Corpus(db)
+    assert c.query("SELECT count(*) AS n FROM judgments")[0]["n"] >= 3
+    assert c.query("SELECT count(*) AS n FROM batch_requests")[0]["n"] == n
+    assert "mode batch" in capsys.readouterr().err
