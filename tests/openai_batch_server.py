@@ -219,6 +219,9 @@ class _BatchHandler(_Handler):
                     srv._advance(b)
                     b = srv.public(b)
             return self._reply(200, b, "retrieve") if b else self._not_found("batch", "retrieve")
+        if parts == ["v1", "_ledger"]:  # for a client in another process (bench/batch.py)
+            return self._reply(200, {"n_429": srv.n_429, "paid": len(srv.paid), "paid_twice": len(srv.paid_twice()),
+                                     "created": srv.created(), "chat": srv.count()}, "ledger")
         if parts == ["v1", "batches"]:
             q = parse_qs(url.query)
             limit, after = int(q.get("limit", ["20"])[0]), q.get("after", [None])[0]
@@ -293,3 +296,21 @@ class _BatchHandler(_Handler):
             return
         self._reply(200, {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
                           "filename": filepart.get_filename(), "purpose": "batch", "status": "processed"}, "files")
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="the loopback server with Files and Batches (GET /v1/_ledger for counts)")
+    ap.add_argument("--port", type=int, default=8031)
+    ap.add_argument("--polls", type=int, default=3, help="retrieves until a batch finishes")
+    ap.add_argument("--rpm", type=float, default=None, help="enforce this many chat requests per minute (429 beyond)")
+    ap.add_argument("--burst", type=float, default=2.0)
+    a = ap.parse_args()
+    with BatchServer(port=a.port, polls_to_finish=a.polls, rpm=a.rpm, burst=a.burst) as srv:
+        print(f"serving {srv.base_url}", flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
