@@ -214,7 +214,8 @@ def report_paid_run(backend: Any, prog: str, pending: int, db: str) -> int | Non
         return 3
     if pending and backend.export_path:
         print(f"{prog}: wrote {pending} requests to {backend.export_path}; run them with vllm run-batch, then "
-              f"python -m corpus --db {db} import-batch OUTPUT_FILE, then rerun this command", file=sys.stderr)
+              f"python -m corpus --db {db} import-batch OUTPUT_FILE, then rerun this command without --export-batch",
+              file=sys.stderr)
         return 0
     if pending and backend.batch is not None:
         print(f"{prog}: {pending} requests in batches still running; see python -m corpus --db {db} batches; "

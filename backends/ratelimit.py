@@ -1,9 +1,11 @@
 """Client-side request and token budgets (--rpm, --tpm) for the openai backend.
 
 Why it is built this way:
-- aiolimiter's leaky bucket does the waiting. The request bucket holds one request (capacity 1,
-  leaking one every 60/rpm s): requests go out evenly spaced, never in a burst, so a server that
-  enforces the same limit over any window never has reason to refuse one.
+- aiolimiter's leaky bucket does the waiting. The request bucket holds half a second's worth of
+  requests (at least one), leaking at rpm/60 per second: requests go out evenly spaced, and a
+  wake-up that came late (a busy machine) may catch up by that much, never more. Providers
+  enforce a per-minute limit over shorter slices (OpenAI: 60,000 RPM may be enforced as 1,000
+  per second), so half a second's worth stays inside what they allow.
 - Tokens are not known before the answer. A request is charged its prompt estimate (UTF-8 bytes
   / 4, corrected by the ratio the server's `usage` reported so far) plus the completion it will
   probably get (the mean of completions so far, starting at the token cap). When usage shows a
@@ -42,12 +44,17 @@ def parse_reset(value: str | None) -> float | None:
     return sum(float(n) * _UNIT[u] for n, u in parts) if parts else None
 
 
+def _request_bucket(rpm: float) -> AsyncLimiter:
+    burst = max(1.0, rpm / 120)  # half a second's worth
+    return AsyncLimiter(burst, burst * 60.0 / rpm)
+
+
 class RateLimiter:
     """Awaited before each attempt (`acquire`), told of each answer (`settle`, `observe`)."""
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None):
         self.rpm, self.tpm = rpm, tpm
-        self._requests = AsyncLimiter(1, 60.0 / rpm) if rpm else None
+        self._requests = _request_bucket(rpm) if rpm else None
         # a tenth of a minute of tokens may go at once: one large prompt must fit in the bucket
         self._tokens = AsyncLimiter(tpm / 10, 6.0) if tpm else None
         self.pause_until = 0.0
@@ -103,7 +110,7 @@ class RateLimiter:
             server_rpm = None
         if server_rpm and (self.rpm is None or server_rpm < self.rpm):
             self.rpm = server_rpm
-            self._requests = AsyncLimiter(1, 60.0 / server_rpm)
+            self._requests = _request_bucket(server_rpm)
         if headers.get("x-ratelimit-remaining-requests") == "0":
             reset = parse_reset(headers.get("x-ratelimit-reset-requests"))
             if reset:

@@ -7,7 +7,7 @@
   `batches`; it includes the loopback server's own work of answering a finished batch), and the
   corpus file's size. The server's ledger says how many lines were paid and whether any twice.
 - rpm: the client limiter (--rpm R) against the same server enforcing R requests per minute
-  (a token bucket of `--burst` requests); prints the rate achieved over M requests, its error
+  (a token bucket of `--burst` requests, default one second's worth); prints the rate achieved over M requests, its error
   against R, and the 429s the server sent.
 
     python bench/batch.py                          # both parts, the defaults below
@@ -132,13 +132,15 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between polls (default 0.5)")
     ap.add_argument("--rpm", type=float, default=3000)
     ap.add_argument("--rpm-requests", type=int, default=1000)
-    ap.add_argument("--burst", type=float, default=2)
+    ap.add_argument("--burst", type=float, default=None,
+                    help="requests the server lets through at once (default: one second's worth, rpm/60, as OpenAI "
+                         "enforces a per-minute limit over seconds)")
     a = ap.parse_args()
     parts = a.parts.split(",")
     if "batch" in parts:
         bench_batch(a.requests, a.batch_max_requests, a.poll)
     if "rpm" in parts:
-        bench_rpm(a.rpm, a.rpm_requests, a.burst)
+        bench_rpm(a.rpm, a.rpm_requests, a.burst if a.burst is not None else max(1.0, a.rpm / 60))
 
 
 if __name__ == "__main__":
