@@ -65,6 +65,7 @@ class _Live:
     keys: set[str]
     status: str = ""
     errors: list[str] = field(default_factory=list)
+    reserved: list[ChatRequest] = field(default_factory=list)  # its worst case, held under --max-cost
 
 
 def batch_line(custom_id: str, body: dict[str, Any]) -> str:
@@ -85,6 +86,10 @@ def split_parts(lines: list[tuple[str, str]], max_requests: int, max_bytes: int)
         parts[-1].append((key, line))
         size += n
     return [p for p in parts if p]
+
+
+def _epoch(value: Any) -> float | None:
+    return value.timestamp() if hasattr(value, "timestamp") else None
 
 
 class BatchSender:
@@ -109,11 +114,15 @@ class BatchSender:
             raise BackendError(f"batch mode: {self.b._describe(e)}; is the server at --base-url up?") from None
         raise AssertionError("unreachable")
 
-    def _find_by_tag(self, tag: str) -> Any | None:
-        """The provider's batch carrying our tag, if one was created (listing is newest first)."""
+    def _find_by_tag(self, tag: str, since: float | None = None) -> Any | None:
+        """The provider's batch carrying our tag, if one was created. Listing is newest first, so
+        it stops at batches older than our row (less an hour of clock skew): a long history
+        of batches is not paged through on every resume."""
         for batch in self._call(self.client.batches.list, limit=100):
             if (batch.metadata or {}).get("rlaif_tag") == tag:
                 return batch
+            if since is not None and batch.created_at < since - 3600:
+                return None
         return None
 
     # -- submitting -------------------------------------------------------------------------
@@ -135,16 +144,19 @@ class BatchSender:
     def _create(self, live: _Live) -> None:
         """Create the batch of an uploaded file, or adopt the one a killed run created."""
         tag = live.row["id"]
-        while True:
-            found = self._find_by_tag(tag)
+        for attempt in range(8):
+            found = self._find_by_tag(tag, _epoch(live.row.get("created_at")))
             if found is None:
                 try:
                     found = self.client.batches.create(
                         input_file_id=live.row["input_file_id"], endpoint="/v1/chat/completions",
                         completion_window=self.opt.completion_window,  # type: ignore[arg-type]
                         metadata={"rlaif_tag": tag})
-                except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError):
-                    time.sleep(min(1.0, self.opt.poll_s))
+                except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as e:
+                    if attempt == 7:
+                        raise BackendError(f"batch mode: creating batch {tag} failed 8 times ({self.b._describe(e)}); "
+                                           "rerun the same command: it looks for the batch before creating it") from None
+                    time.sleep(min(2.0 ** attempt, 30.0) * min(1.0, self.opt.poll_s))
                     continue  # it may have been created all the same: look for the tag again
             live.row["provider_id"], live.status = found.id, found.status
             self.store.update_batch(tag, provider_id=found.id, status=found.status)  # type: ignore[union-attr]
@@ -155,7 +167,7 @@ class BatchSender:
         if live.row.get("input_file_id"):
             self._create(live)
             return
-        found = self._find_by_tag(live.row["id"])
+        found = self._find_by_tag(live.row["id"], _epoch(live.row.get("created_at")))
         if found is not None:
             live.row["provider_id"], live.status = found.id, found.status
             self.store.update_batch(live.row["id"], provider_id=found.id, input_file_id=found.input_file_id,  # type: ignore[union-attr]
@@ -235,6 +247,9 @@ class BatchSender:
         if b.status == "failed":
             live.errors = [self.b._scrub(getattr(e, "message", str(e))) for e in (getattr(b.errors, "data", None) or [])]
         mine = [k for k in resend if claimed.get(k) == live.row["id"] and k in want]
+        if live.reserved:  # its answers are counted now: the worst case held for it goes back
+            self.b.release_spend(live.reserved, "batch")
+            live.reserved = []
         live.row.update(n_ok=n_ok, n_failed=n_failed, n_resend=len(mine))
         return mine
 
@@ -330,6 +345,7 @@ class BatchSender:
             if not b.may_spend([reqs[k] for k, _ in part], "batch"):
                 break  # --max-cost: the rest stays unsent, reported as pending
             lv = self._submit(part, reqs)
+            lv.reserved = [reqs[k] for k, _ in part]
             claimed.update((k, lv.row["id"]) for k, _ in part)
             out.append(lv)
         return out

@@ -177,13 +177,15 @@ class OpenAIBackend(Backend):
         """Called by CachedBackend: where batch mode records its batches and request keys."""
         self.store, self.run_id = store, run_id
 
+    def release_spend(self, requests: list[ChatRequest], mode: str) -> None:
+        self.budget.release(*_worst_case(requests), mode)
+
     def endpoint(self) -> str:
         return _redact_url(self.base_url)
 
     def may_spend(self, requests: list[ChatRequest], mode: str) -> bool:
         """Reserve the worst-case cost of these requests under --max-cost; False when it would go over."""
-        est = [(max(1, prompt_bytes(r) // 4), r.params.max_new_tokens) for r in requests]
-        if self.budget.allow(sum(p for p, _ in est), sum(c for _, c in est), mode):
+        if self.budget.allow(*_worst_case(requests), mode):
             return True
         self.held_reason = (f"held back: --max-cost ${self.budget.max_cost:g} reached; "
                             "rerun the same command to go on with a new budget")
@@ -338,7 +340,7 @@ class OpenAIBackend(Backend):
         except Unreachable:
             raise
         except Exception as e:  # noqa: BLE001 - every failure of one request becomes its Completion
-            self.budget.release(max(1, prompt_bytes(req) // 4), req.params.max_new_tokens, "online")
+            self.release_spend([req], "online")
             permanent = not _is_transient(e)
             reason = self._describe(e)
             if not permanent:
@@ -349,8 +351,7 @@ class OpenAIBackend(Backend):
             ), False
         try:
             comp = self._completion(resp, (time.perf_counter() - t0) * 1000)
-            est = max(1, prompt_bytes(req) // 4), req.params.max_new_tokens
-            self.budget.release(*est, "online")
+            self.release_spend([req], "online")
             if self.limiter is not None:
                 await self.limiter.settle(req, charged, comp.prompt_tokens, comp.completion_tokens)
             return comp, True
@@ -435,6 +436,11 @@ class OpenAIBackend(Backend):
             raise BackendError(
                 f"cannot reach {_redact_url(self.base_url)} ({why}): start the server or fix --base-url"
             ) from None
+
+
+def _worst_case(requests: list[ChatRequest]) -> tuple[int, int]:
+    """(prompt, completion) tokens at most: about 4 bytes a token, every reply at its cap."""
+    return sum(max(1, prompt_bytes(r) // 4) for r in requests), sum(r.params.max_new_tokens for r in requests)
 
 
 class _GroupCommit:
