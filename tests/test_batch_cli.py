@@ -104,13 +104,14 @@ def test_the_server_limit_header_lowers_the_client_budget():
     from backends import ChatRequest
     from backends.openai_api import OpenAIBackend
 
-    with batch_server.BatchServer(rpm=600, burst=10) as srv:
+    with batch_server.BatchServer(rpm=600, burst=20) as srv:  # slack for a loaded machine's jitter
         b = OpenAIBackend("m", base_url=srv.base_url, rpm=60000, backoff_s=0.01, timeout=5)
         assert b.generate([ChatRequest(messages=[{"role": "user", "content": "first"}])])[0].ok
         assert b.limiter.rpm == 600  # learnt from x-ratelimit-limit-requests on the first answer
         comps = b.generate([ChatRequest(messages=[{"role": "user", "content": f"r{i}"}]) for i in range(12)])
         assert all(c.ok for c in comps)
         assert srv.n_429 == 0 and b.limiter.waited_s > 0
+        assert b.limiter.note().startswith("rate-limit waits")  # what the progress line shows
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -149,3 +150,15 @@ def test_judge_in_batch_mode_makes_one_batch_and_the_rerun_asks_nothing(tmp_path
     assert c.query("SELECT count(*) AS n FROM judgments")[0]["n"] >= 3
     assert c.query("SELECT count(*) AS n FROM batch_requests")[0]["n"] == n
     assert "mode batch" in capsys.readouterr().err
+
+
+def test_train_loop_refuses_a_judge_that_would_not_wait(tmp_path, capsys):
+    from train.cli import main as train_main
+
+    prompts = write_prompts(tmp_path, ["a"])
+    rc = run_cli("train", train_main, ["loop", "--db", str(tmp_path / "c.duckdb"), "--prompts", str(prompts),
+                                       "--rubric", "prompts/instructions.yaml", "--judge-backend", "openai",
+                                       "--judge-model", "m", "--judge-batch", "--judge-no-wait"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--judge-no-wait: the loop needs its judgments" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c.duckdb").exists()
