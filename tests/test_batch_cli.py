@@ -162,3 +162,18 @@ def test_train_loop_refuses_a_judge_that_would_not_wait(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "--judge-no-wait: the loop needs its judgments" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "c.duckdb").exists()
+
+
+def test_tpm_learns_the_completion_size_from_usage():
+    from backends import ChatRequest, SamplingParams
+    from backends.openai_api import OpenAIBackend
+
+    cap = SamplingParams(temperature=0, max_new_tokens=50)
+    with batch_server.BatchServer() as srv:
+        b = OpenAIBackend("m", base_url=srv.base_url, tpm=3000, timeout=5, concurrency=2)
+        probe = ChatRequest(messages=[{"role": "user", "content": "probe"}], params=cap)
+        assert b.limiter.estimate(probe)[1] == 50  # nothing known yet: the token cap
+        comps = b.generate([ChatRequest(messages=[{"role": "user", "content": f"t{i}"}], params=cap) for i in range(6)])
+        assert all(c.ok for c in comps) and {c.completion_tokens for c in comps} == {2}
+        # the echo server answers 2 tokens: the estimate came down from the cap to about that
+        assert b.limiter.estimate(probe)[1] <= 4 and b.limiter.waited_s > 0
