@@ -162,29 +162,6 @@ class BatchSender:
             self.store.update_batch(tag, provider_id=found.id, status=found.status)  # type: ignore[union-attr]
             return
 
-    def _resume(self, live: _Live, reqs: dict[str, ChatRequest]) -> None:
-        """A recorded batch without a provider id: adopt it, create it, or upload it again."""
-        if live.row.get("input_file_id"):
-            self._create(live)
-            return
-        found = self._find_by_tag(live.row["id"], _epoch(live.row.get("created_at")))
-        if found is not None:
-            live.row["provider_id"], live.status = found.id, found.status
-            self.store.update_batch(live.row["id"], provider_id=found.id, input_file_id=found.input_file_id,  # type: ignore[union-attr]
-                                    status=found.status)
-            return
-        missing = [k for k in live.keys if k not in reqs]
-        if missing:  # cannot rebuild its file here; another job's requests: leave it to that job
-            raise BackendError(f"batch {live.row['id']} was never uploaded and holds requests of another job; "
-                               "rerun that job, or drop it with `python -m corpus batches --forget "
-                               f"{live.row['id']}`")
-        lines = sorted((k, batch_line(k, self.b._kwargs(reqs[k], self.b.json_mode, self.b.max_tokens_key))) for k in live.keys)
-        data = "".join(line + "\n" for _, line in lines).encode()
-        f = self._call(self.client.files.create, file=(f"{live.row['id']}.jsonl", data), purpose="batch")
-        live.row["input_file_id"] = f.id
-        self.store.update_batch(live.row["id"], input_file_id=f.id, status="uploaded")  # type: ignore[union-attr]
-        self._create(live)
-
     # -- collecting -------------------------------------------------------------------------
 
     def _lines(self, file_id: str | None) -> list[dict[str, Any]]:
@@ -275,13 +252,19 @@ class BatchSender:
         live: list[_Live] = []
         claimed: dict[str, str] = {}
         for row in self.store.live_batches(b.name, b.model_id):
+            if not row.get("input_file_id"):
+                # killed before its file was recorded: no batch can exist (one is created only
+                # from a recorded file), so nothing was paid; its requests are sent afresh
+                self.store.update_batch(row["id"], status="abandoned", collected=True,
+                                        error="killed before upload; its requests were sent again")
+                continue
             ks = set(self.store.batch_keys(row["id"]))
             if ks & want.keys():
                 live.append(_Live(dict(row), ks, row["status"]))
                 claimed.update((k, row["id"]) for k in ks)
         for lv in live:
-            if not lv.row.get("provider_id"):
-                self._resume(lv, reqs)
+            if not lv.row.get("provider_id"):  # uploaded; perhaps created: adopt it, or create it
+                self._create(lv)
         rounds = 0
         fresh = [k for k in want if k not in claimed]
         while True:

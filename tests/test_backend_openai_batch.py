@@ -175,3 +175,26 @@ def test_max_cost_submits_only_the_batches_that_fit_and_prices_them_at_the_disco
     [row] = cost_rows(corpus, {"m": {"input": 1e6, "output": 1e6, "batch_discount": 0.5}})
     # 2 calls, 1 token in and 2 out each, at half price
     assert row[2:] == ("m", "batch", 2, 2, 4, "3.0000")
+
+
+def test_killed_before_the_upload_was_recorded_sends_afresh_once(corpus, monkeypatch):
+    import openai
+
+    class Killed(BaseException):
+        pass
+
+    real_upload = openai.resources.files.Files.create
+
+    def upload_then_die(self, **kw):
+        real_upload(self, **kw)
+        raise Killed()  # the file is on the server; its id never reached the corpus
+
+    with batch_server.BatchServer(polls_to_finish=1) as srv:
+        monkeypatch.setattr(openai.resources.files.Files, "create", upload_then_die)
+        with pytest.raises(Killed):
+            send(corpus, srv, ["a", "b"])
+        monkeypatch.setattr(openai.resources.files.Files, "create", real_upload)
+        _, comps = send(corpus, srv, ["a", "b"])
+        assert all(c.ok for c in comps) and srv.created() == 1 and srv.paid_twice() == []
+    rows = corpus.query("SELECT status, collected FROM batches ORDER BY created_at")
+    assert [(r["status"], r["collected"]) for r in rows] == [("abandoned", True), ("completed", True)]
