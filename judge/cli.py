@@ -62,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "add them, or drop --executor ray to use the rubric's judges in this process")
     if args.executor == "ray" and not args.work_dir:
         args.work_dir = f"{args.db}.ray"
+    paid = [f for f in ("batch", "no_wait", "rpm", "tpm", "max_cost") if getattr(args, f"judge_{f}", None)]
+    if paid and not args.judge_backend:  # the rubric's own judges are not the openai backend the flag is for
+        flag = "--judge-" + paid[0].replace("_", "-")
+        raise UserError(f"{flag} applies to the judge named by --judge-backend openai --judge-model NAME; add them")
     corpus = Corpus(args.db, create=False)
     backend = None
     try:

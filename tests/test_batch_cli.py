@@ -177,3 +177,13 @@ def test_tpm_learns_the_completion_size_from_usage():
         assert all(c.ok for c in comps) and {c.completion_tokens for c in comps} == {2}
         # the echo server answers 2 tokens: the estimate came down from the cap to about that
         assert b.limiter.estimate(probe)[1] <= 4 and b.limiter.waited_s > 0
+
+
+def test_judge_batch_without_a_named_judge_is_a_one_line_error(tmp_path, capsys):
+    from judge.cli import main as judge_main
+
+    rc = run_cli("judge", judge_main, ["--rubric", "prompts/helpfulness.yaml", "--db", str(tmp_path / "c.duckdb"),
+                                       "--judge-batch"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--judge-batch applies to the judge named by --judge-backend openai" in err
+    assert len(err.strip().splitlines()) == 1
