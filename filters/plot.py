@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from corpus import Corpus, UserError
+from corpus import Corpus
+from corpus.errors import check_figure_out
 
 
 def plot_run(corpus: Corpus, summary: dict[str, Any], out: str | Path, sft_min: float | None, min_margin: float) -> Path:
@@ -16,9 +17,7 @@ def plot_run(corpus: Corpus, summary: dict[str, Any], out: str | Path, sft_min: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    if not out.parent.exists():
-        raise UserError(f"--plot {out}: folder {out.parent} does not exist")
+    out = check_figure_out("--plot", out)
     scores = [r["s"] for r in corpus.query("SELECT avg(score_norm) AS s FROM generation_scores GROUP BY generation_id") if r["s"] is not None]
     sft = [r["score_norm"] for r in corpus.query("SELECT score_norm FROM accepted_sft") if r["score_norm"] is not None]
     margins = [r["margin"] for r in corpus.query("SELECT margin FROM preference_pairs")]

@@ -151,7 +151,7 @@ def run_generate(
     else:
         records, repeated = list(prompts)[:limit] if limit else list(prompts), 0
     apart = 0
-    if from_sql is None:  # same text as a stored prompt of another task (other meta): keep it a prompt of its own
+    if from_sql is None:  # tasks sharing a text: the corpus's stored owner keeps the plain id, the others their own
         records, apart = keep_tasks_apart(corpus, records)
     if backend is None:
         from backends import load_backend

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import duckdb
 
 from corpus import Corpus, Prompt, UserError, content_id
+from corpus.ids import canonical_json
 from corpus.errors import not_utf8, read_text
 from corpus.sqlcheck import one_statement
 from corpus.pair_files import load_saved_dataset
@@ -169,51 +170,79 @@ def task_id(prompt: Prompt) -> str:
     return content_id(Prompt.table, {"messages": prompt.messages, "meta": prompt.meta})
 
 
+def text_id(prompt: Prompt) -> str:
+    """The plain id: of the messages alone, as every prompt without a same-text twin has."""
+    return Prompt(messages=prompt.messages).id
+
+
+def _settle(group: list[Prompt], owner_meta: dict[str, Any] | None) -> list[Prompt]:
+    """The tasks that share one text, with ids that depend on no order: the task whose meta is
+    `owner_meta` (the one the corpus already stores under the plain id) keeps the plain id; with
+    no stored owner, the task with the smallest `task_id` does. Every other task gets its
+    `task_id`. Only facts about the records themselves and the corpus decide, never file order."""
+    plain = text_id(group[0])
+    if owner_meta is None and len(group) > 1:
+        owner_meta = min(group, key=task_id).meta
+    out = []
+    for p in group:
+        keep = owner_meta is None or p.meta == owner_meta
+        want = plain if keep else task_id(p)
+        out.append(p if p.id == want else p.model_copy(update={"id": want}))
+    return out
+
+
 def load_prompts(
     path: str | Path, fields: Sequence[str] | None = None, limit: int | None = None, split: str | None = None,
 ) -> tuple[list[Prompt], int]:
     """Every prompt in the source, validated, in file order, without repeats.
 
     Returns (prompts, repeated). A prompt's id hashes its messages; a record with the same
-    messages and the same meta is a repeat and kept once. A record with the same messages but
-    other meta (MBPP tasks 71 and 141: one text, other tests) is another task: it keeps its own
-    row under `task_id` (messages + meta), so its tests are never dropped. The first task keeps
-    the plain id, so corpora built before this rule keep their ids.
+    messages and the same meta is a repeat and kept once. Records with the same messages but
+    other meta (MBPP tasks 71 and 141: one text, other tests) are other tasks: one keeps the
+    plain id and the others get `task_id` (messages + meta), so no task's tests are dropped.
+    Which one keeps the plain id does not depend on their order in the file (see `_settle`;
+    `keep_tasks_apart` then lets the corpus's stored owner decide).
     """
     fields = tuple(fields or DEFAULT_FIELDS)
-    out: dict[str, Prompt] = {}
+    seen: dict[tuple[str, str], Prompt] = {}
     repeated = 0
     for where, rec in read_records(path, split):
         prompt = record_to_prompt(rec, where, where, fields)
-        first = out.get(prompt.id)
-        if first is not None and first.meta != prompt.meta:
-            prompt = prompt.model_copy(update={"id": task_id(prompt)})
-        if prompt.id in out:
+        key = (prompt.id, canonical_json(prompt.meta))
+        if key in seen:
             repeated += 1
             continue
-        out[prompt.id] = prompt
-        if limit is not None and len(out) >= limit:
+        seen[key] = prompt
+        if limit is not None and len(seen) >= limit:
             break
-    if not out:
+    if not seen:
         raise UserError(f"{path}: no prompts in it; give a file with one JSON object a line")
-    return list(out.values()), repeated
+    by_text: dict[str, list[Prompt]] = {}
+    for p in seen.values():
+        by_text.setdefault(p.id, []).append(p)
+    settled = {id(p): q for group in by_text.values() for p, q in zip(group, _settle(group, None))}
+    return [settled[id(p)] for p in seen.values()], repeated
 
 
 def keep_tasks_apart(corpus: Corpus, prompts: Sequence[Prompt]) -> tuple[list[Prompt], int]:
-    """Prompts whose id is already in the corpus with other meta get their `task_id` instead of
-    being dropped as "already there". Returns (prompts, how many were kept apart)."""
-    ids = [p.id for p in prompts]
-    if not ids:
+    """The ids of same-text tasks, settled against the corpus: a task whose plain id the corpus
+    stores with its own meta keeps it, every other task of that text gets its `task_id` instead
+    of being dropped as "already there". Returns (prompts, how many carry a `task_id`)."""
+    if not prompts:
         return list(prompts), 0
+    plain = [text_id(p) for p in prompts]
     stored = {r["id"]: json.loads(r["meta"]) if r["meta"] else {}
-              for r in corpus.query("SELECT id, meta FROM prompts WHERE id IN (SELECT unnest(?))", [ids])}
-    out, apart = [], 0
-    for p in prompts:
-        if p.id in stored and stored[p.id] != p.meta and p.id != task_id(p):
-            p = p.model_copy(update={"id": task_id(p)})
-            apart += 1
-        out.append(p)
-    return out, apart
+              for r in corpus.query("SELECT id, meta FROM prompts WHERE id IN (SELECT unnest(?))", [sorted(set(plain))])}
+    groups: dict[str, list[int]] = {}
+    for i, (p, pid) in enumerate(zip(prompts, plain)):
+        if p.id in (pid, task_id(p)):  # a prompt given its own id elsewhere keeps it
+            groups.setdefault(pid, []).append(i)
+    out = list(prompts)
+    for pid, idx in groups.items():
+        if pid in stored:
+            for i, q in zip(idx, _settle([prompts[i] for i in idx], stored[pid])):
+                out[i] = q
+    return out, sum(1 for p, pid in zip(out, plain) if p.id != pid)
 
 
 def prompts_from_sql(corpus: Corpus, sql: str, limit: int | None = None) -> list[Prompt]:

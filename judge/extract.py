@@ -45,22 +45,36 @@ def fenced_blocks(text: str) -> list[tuple[str, str]]:
 
 
 def extract_code(response: str, entry_point: str | None = None) -> str:
-    """The answer's Python: the fenced block that defines `entry_point`, else the last Python
-    block; an untagged block counts when it parses as Python. No fences: the whole answer."""
+    """The answer's Python: its Python blocks assembled in order (helpers, then the solution; a
+    later definition replaces an earlier one, as in a module), without usage blocks (blocks that
+    define nothing) and without blocks that do not parse, unless nothing else is left. Tagged
+    blocks count; untagged ones when they parse. No fences: the whole answer."""
     blocks = fenced_blocks(response)
     if not blocks:
         return response
-    tagged = [code for lang, code in blocks if lang in PYTHON_INFO]
-    untagged = [code for lang, code in blocks if lang == "" and code.strip()]
-    if entry_point:
-        for pool in (tagged, untagged):
-            hits = [c for c in pool if _defines(c, entry_point)]
-            if hits:
-                return hits[-1]
-    if tagged:
-        return tagged[-1]
-    parsed = [c for c in untagged if _parses(c)]
-    return parsed[-1] if parsed else ""
+    tagged = [code for lang, code in blocks if lang in PYTHON_INFO and code.strip()]
+    untagged = [code for lang, code in blocks if lang == "" and code.strip() and _parses(code)]
+    pool = tagged or untagged
+    if not pool:
+        return ""
+    usable = [c for c in pool if _parses(c)]
+    defining = [c for c in usable if _top_level_defs(c)]
+    if entry_point and not any(_defines(c, entry_point) for c in defining):
+        # the block meant to hold the solution does not parse: keep it, so the answer fails as written
+        broken = [c for c in pool if not _parses(c) and _defines(c, entry_point)]
+        if broken:
+            return broken[-1]
+    chosen = defining or usable or pool[-1:]
+    return "\n\n".join(c.rstrip("\n") for c in chosen) + "\n"
+
+
+def _top_level_defs(code: str) -> bool:
+    """Does a (parsing) block define anything at module level: a def, class, import or assignment?"""
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign)
+    # `try: import numpy ... except ImportError:` and `if sys.version_info ...: def f()` define too
+    return any(isinstance(n, kinds) or (isinstance(n, (ast.If, ast.Try, ast.With))
+                                        and any(isinstance(m, kinds[:5]) for m in ast.walk(n)))
+               for n in ast.parse(code).body)
 
 
 def read_tests(tests: Any) -> str | None:
@@ -70,6 +84,15 @@ def read_tests(tests: Any) -> str | None:
     if isinstance(tests, list) and tests and all(isinstance(t, str) for t in tests):
         return "\n".join(t.rstrip() for t in tests) + "\n"
     return None
+
+
+def read_imports(imports: Any) -> str | None | bool:
+    """The tests' imports (MBPP's test_imports: a list of lines, or one string); None when absent,
+    False when present but not Python."""
+    if imports is None or imports == [] or imports == "":
+        return None
+    text = read_tests(imports)
+    return text if text is not None and _parses(text) else False
 
 
 def defines(code: str, name: str) -> bool:

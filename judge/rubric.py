@@ -71,6 +71,8 @@ class VerifierSpec(Strict):
     # code_exec: where the tests are: "meta:<key>" (the prompt's meta) or inline Python
     tests: str | None = None
     entry_point: str | None = Field(None, description="code_exec: function name; default meta:entry_point")
+    imports: str | None = Field(None, description="code_exec: the tests' imports (\"meta:<key>\" or inline Python), run in the "
+                                "tests' namespace; default meta:test_imports (MBPP)")
     timeout_s: float = Field(10.0, gt=0, le=600, description="code_exec: CPU seconds per answer")
     memory_mb: int = Field(1024, ge=64, description="code_exec: address-space limit of the answer, in MB")
     wall_s: float | None = Field(None, gt=0, le=3600, description="code_exec: wall-clock stop; default 3 x timeout_s + 30")
@@ -87,6 +89,14 @@ class VerifierSpec(Strict):
     model: str | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # unset `imports` stays out of the dump, so rubric hashes from before the key existed hold
+        data = handler(self)
+        if data.get("imports") is None:
+            data.pop("imports", None)
+        return data
 
     @model_validator(mode="after")
     def _needs(self) -> "VerifierSpec":

@@ -26,7 +26,7 @@ from .calls import LLMTask, ask, to_records
 from .injection import find_injection
 from .render import pointwise_request
 from .rubric import JudgeSpec, Rubric, load_rubric
-from .verifiers import preflight, resolve_reward_model, run_verifier
+from .verifiers import preflight, resolve_reward_model, run_verifier, unsafe_allowed
 
 # judge calls per batch between judgment writes; the calls themselves are saved as they arrive
 # (CachedBackend), so a killed job loses only those in flight and a rerun rebuilds the rest
@@ -156,11 +156,12 @@ def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backen
             if c.verifier and c.verifier.type == "reward_model":
                 resolve_reward_model(corpus, c.verifier.model)  # fail before writing anything
     # code_exec: refuse before writing anything when the sandbox cannot start (unless allowed)
-    isolation = preflight([c.verifier for c in rubric.verifier_criteria() if c.verifier], unsafe_exec)
+    specs = [c.verifier for c in rubric.verifier_criteria() if c.verifier]
+    isolation = preflight(specs, unsafe_exec)
     config = {"rubric": rubric.name, "rubric_version": rubric.version, "rubric_hash": rubric.rubric_hash,
               "rubric_path": str(rubric_path), "where": where, "prefix_reuse": prefix_reuse}
     if isolation:
-        config.update(unsafe_exec=unsafe_exec, code_exec_isolation=isolation)
+        config.update(unsafe_exec=unsafe_allowed(specs, unsafe_exec), code_exec_isolation=isolation)
     with corpus.run("judge", config) as run:
         judges = Judges(rubric, corpus, run.id, backend, prefix_reuse, limits)
         try:

@@ -1,7 +1,7 @@
 """Run a candidate answer's code against its tests, isolated, with a verdict the code cannot forge.
 
 Threat model. The answer is hostile: a policy trained against this verifier learns whatever
-makes it say "passed". Two things stand between it and a false pass.
+makes it say "passed". Three things stand between it and a false pass.
 
 1. The operating system (Debian's bubblewrap, `bwrap`). Each run gets its own mount, PID,
    network, IPC and UTS namespaces: read-only binds of /usr and the Python installation, a
@@ -10,11 +10,13 @@ makes it say "passed". Two things stand between it and a false pass.
    SIGKILL for everything in it when the judge dies or the run ends (the PID namespace dies
    with its first process, so a detached grandchild dies too). Nothing of one run is visible to
    another. The environment is empty. The code never runs as root: as root, bwrap starts
-   privileged with only CAP_SETUID/SETGID and the harness drops to a fresh unprivileged uid for
-   this run (so RLIMIT_NPROC counts this run's processes only); otherwise bwrap runs in a user
-   namespace as uid 65534 with nested user namespaces disabled. rlimits inside: CPU seconds,
-   address space, processes, file size, open files, no core dumps; the judge adds a wall-clock
-   limit (generous: the time limit counts CPU time, so a busy machine does not fail a verdict).
+   privileged with only CAP_SETUID/SETGID and the harness gives the answer one fresh unprivileged
+   uid and the runner another (so RLIMIT_NPROC counts this run's processes only, and the answer
+   cannot signal or trace its runner); otherwise bwrap runs in a user namespace as uid 65534 with
+   nested user namespaces disabled. A seccomp filter (sandbox_seccomp.py) refuses new
+   namespaces, mounts, BPF, io_uring, keyrings, ptrace and module loading. rlimits inside: CPU
+   seconds, address space, processes, file size, open files, no core dumps; the judge adds a
+   wall-clock limit (generous: the time limit counts CPU time, so a busy machine does not fail a verdict).
 2. The verdict. The answer runs in its own process; the tests run in a separate trusted
    process (the runner, non-dumpable, holding the only end of the verdict pipe) that talks to
    it over two pipes. The runner asks "call `add` with (2, 3)" and gets back data, rebuilt as
@@ -23,14 +25,19 @@ makes it say "passed". Two things stand between it and a false pass.
    lies, lying str/int subclasses, patched builtins, printed markers, written files and forks
    that report cannot produce a pass: a pass means the runner executed the tests to their end
    and every assertion held. The tests never exist in the answer's process or on disk, so it
-   cannot read them. Output is read from pipes, never from a path the code can replace.
+   cannot read them. Output is read from pipes, never from a path the code can replace. The tests
+   see their own names, their imports, real builtins and modules, and only the answer's entry
+   points (entry_points); the answer's exceptions cross as their real built-in kind.
+3. Who failed. The runner writes STARTED to the verdict pipe before any of the answer's code
+   runs. No verdict after it is the answer's doing (0, hack_suspected), whatever it printed or
+   killed; nothing at all is the sandbox's failure, retried and then reported (infra=True).
 
-What it does not protect against: kernel exploits (no seccomp filter is loaded; the sandbox
-shares the host kernel, and under root the answer may still create user namespaces); CPU and
-memory bandwidth shared with its neighbours; a test that calls a helper the answer defines (and
-the prompt does not) trusts that helper. Limits of the design: values that are not plain data
-(instances of the answer's classes) are compared by identity only, arguments the tests mutate
-in place are not seen mutated, and tests cannot pass functions to the answer.
+What it does not protect against: kernel exploits through the system calls the filter allows
+(the sandbox shares the host kernel); CPU and memory bandwidth shared with its neighbours; a test
+that calls a helper the answer defines (and the prompt does not) trusts that helper. Limits of
+the design: values that are not plain data (instances of the answer's classes) are compared by
+identity only, arguments the tests mutate in place are not seen mutated, and tests cannot pass
+functions to the answer.
 Without bwrap the verifier refuses to run unless the user says `--unsafe-exec` (or `unsafe:
 true`): then the same two processes run with rlimits and a fresh uid when root, but with the
 host's filesystem, network and processes in view.
@@ -38,6 +45,8 @@ host's filesystem, network and processes in view.
 
 from __future__ import annotations
 
+import ast
+import builtins
 import json
 import os
 import random
@@ -56,6 +65,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .sandbox_seccomp import seccomp_fd
+
 def _harness_source() -> str:
     """sandbox_wire.py, then sandbox_harness.py without its import of it: one `python -c` program."""
     here = Path(__file__).parent
@@ -70,6 +81,8 @@ REASONS = ("passed", "failed_assertion", "error", "timeout", "killed", "refused"
 _TAIL = 4000
 UID_BASE, UID_SPAN = 1_500_000_000, 1 << 24  # per-run uids when we start as root
 _RNG = random.SystemRandom()  # not the global generator, which a caller may seed
+STARTED = b"started\n"  # the runner's first write to the verdict pipe, before any of the answer's code runs
+SANDBOX_TRIES = 3  # a sandbox that fails this many times in a row is recorded as failed, not retried forever
 INSTALL_HINT = "install bubblewrap (`apt-get install bubblewrap`, or scripts/setup.sh --dev)"
 
 
@@ -99,7 +112,12 @@ class SandboxUnavailable(RuntimeError):
 # -- how to start the sandbox ----------------------------------------------------------------
 
 def _python() -> tuple[str, list[str]]:
-    return sys.executable, [p for p in site.getsitepackages() if os.path.isdir(p)]
+    """The interpreter and its site-packages by real paths, which is how they are bound in the
+    sandbox (a venv reached through a symlink has no path there under its linked name). The
+    directory is resolved, not the file: a venv's python finds its pyvenv.cfg beside the path it
+    was started by."""
+    exe = os.path.join(os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable))
+    return exe, [os.path.realpath(p) for p in site.getsitepackages() if os.path.isdir(p)]
 
 
 def _bind_roots() -> list[str]:
@@ -109,10 +127,12 @@ def _bind_roots() -> list[str]:
     return [r for r in keep if not any(r != o and r.startswith(o + "/") for o in keep)]
 
 
-def bwrap_command(python: str) -> list[str]:
+def bwrap_command(python: str, seccomp_fd: int | None = None) -> list[str]:
     root = os.geteuid() == 0
     cmd = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--new-session"]
+    if seccomp_fd is not None:  # judge/sandbox_seccomp.py: loaded by bwrap just before the runner starts
+        cmd += ["--seccomp", str(seccomp_fd)]
     if root:  # privileged bwrap; the harness drops to a fresh uid before anything else
         cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
@@ -174,7 +194,11 @@ def sandbox_status(kind: str = "bwrap") -> tuple[str | None, str]:
             elif kind == "unsafe" and os.geteuid() == 0 and not any(_world_usable(p) for p in _unsafe_pythons()):
                 _STATUS[kind] = (None, "no Python that an unprivileged uid can run (never as root)")
             else:
-                v = _run("def f():\n    return 1\n", {"tests": "assert f() == 1", "entry_point": "f"}, kind, _limits(10, 256, 16, 8, 64), 60)
+                for _ in range(SANDBOX_TRIES):  # a busy host's passing fork failure must not disable code_exec
+                    v = _run("def f():\n    return 1\n", {"tests": "assert f() == 1", "entry_point": "f"}, kind,
+                             _limits(10, 256, 16, 8, 64), 60)
+                    if not v.infra:
+                        break
                 why = (v.detail + " " + v.stderr.strip().splitlines()[-1] if v.stderr.strip() else v.detail).strip()
                 _STATUS[kind] = (kind, "") if v.passed else (None, why[:300])
         return _STATUS[kind]
@@ -195,6 +219,8 @@ def require_sandbox(unsafe: bool) -> str:
     if shutil.which("bwrap") and os.geteuid() != 0:
         hint = ("allow unprivileged user namespaces (`sysctl kernel.unprivileged_userns_clone=1`; on Ubuntu 24.04 "
                 "`sysctl kernel.apparmor_restrict_unprivileged_userns=0`)")
+    elif shutil.which("bwrap"):  # installed, and failing for the reason above: never say "install it"
+        hint = f"bwrap is installed at {shutil.which('bwrap')} but failed; fix the cause above"
     raise SandboxUnavailable(f"code_exec: the bwrap sandbox cannot start ({why}); {hint}, or pass --unsafe-exec "
                              "(rubric: `unsafe: true`) to run answers without isolation")
 
@@ -211,23 +237,78 @@ def _limits(timeout_s: float, memory_mb: int, max_file_mb: int, max_procs: int, 
             "RLIMIT_NPROC": max_procs, "RLIMIT_NOFILE": max_open_files, "RLIMIT_CORE": 0}
 
 
-def check_answer(code: str, tests: str, entry_point: str | None = None, *, prefix: str | None = None, timeout_s: float = 10.0,
-              memory_mb: int = 1024, wall_s: float | None = None, max_procs: int = 32, max_file_mb: int = 16,
-              max_open_files: int = 256, unsafe: bool = False) -> Verdict:
+def check_answer(code: str, tests: str, entry_point: str | None = None, *, prefix: str | None = None,
+                 imports: str | None = None, timeout_s: float = 10.0, memory_mb: int = 1024, wall_s: float | None = None,
+                 max_procs: int = 32, max_file_mb: int = 16, max_open_files: int = 256, unsafe: bool = False,
+                 tries: int = SANDBOX_TRIES) -> Verdict:
     """Run `code` as module `solution` and `tests` against it (HumanEval `def check(candidate)`
     with `entry_point`, or plain asserts naming the answer's functions). Never raises.
 
     timeout_s is CPU time of the answer's process; wall_s (default 3x + 30 s) is the hard stop.
     `prefix` is trusted code from the prompt (HumanEval's stub and helpers): its helpers serve
-    the tests instead of the answer's copies."""
+    the tests instead of the answer's copies. `imports` (MBPP's test_imports) run in the tests'
+    namespace. The tests see only their own names, real builtins and modules, and the answer's
+    entry points (see entry_points). A sandbox failure is retried up to `tries` times; the
+    verdict then has infra=True."""
     try:
         isolation = require_sandbox(unsafe)
     except SandboxUnavailable as e:
         return Verdict(False, "refused", str(e))
     limits = _limits(timeout_s, memory_mb, max_file_mb, max_procs, max_open_files)
     calls_check = any(line.startswith("check(") for line in tests.splitlines())
-    return _run(code, {"tests": tests, "entry_point": entry_point, "prefix": prefix, "calls_check": calls_check},
-                isolation, limits, wall_s if wall_s is not None else 3 * timeout_s + 30)
+    spec = {"tests": tests, "entry_point": entry_point, "prefix": prefix, "imports": imports, "calls_check": calls_check,
+            "entries": entry_points(tests, entry_point, prefix, imports)}
+    for attempt in range(max(1, tries)):
+        if attempt:
+            time.sleep(0.5 * attempt)  # a fork or memory shortage on a busy host often passes
+        v = _run(code, spec, isolation, limits, wall_s if wall_s is not None else 3 * timeout_s + 30)
+        if not v.infra:
+            return v
+    v.detail = f"the sandbox failed {max(1, tries)} times; the last: {v.detail}"
+    return v
+
+
+def entry_points(tests: str, entry_point: str | None, prefix: str | None = None, imports: str | None = None) -> list[str]:
+    """The names the tests may take from the answer: `entry_point`, and every name the tests call
+    that neither they, the prompt's code nor their imports define. A builtin the tests call counts
+    only when they call nothing else (MBPP 126's answer defines `sum`; `set(f(x))` means f)."""
+    trusted: set[str] = set()
+    for src in (prefix, imports):
+        trusted |= _bound_names(src)
+    try:
+        tree = ast.parse(tests)
+    except SyntaxError:
+        return [entry_point] if entry_point else []
+    trusted |= _bound_names(tree)
+    called = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    # HumanEval-style `check(add)` hands the entry point over by name without calling it
+    passed = [a.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+              and n.func.id == "check" for a in n.args if isinstance(a, ast.Name)]
+    free = [c for c in dict.fromkeys(called + passed) if c not in trusted]
+    own = [c for c in free if not hasattr(builtins, c)]
+    names = ([entry_point] if entry_point else []) + (own or ([] if entry_point else free))
+    return list(dict.fromkeys(names))
+
+
+def _bound_names(src: str | ast.AST | None) -> set[str]:
+    """Names a piece of trusted code binds anywhere (defs, classes, imports, assignments, arguments)."""
+    if src is None:
+        return set()
+    try:
+        tree = ast.parse(src) if isinstance(src, str) else src
+    except SyntaxError:
+        return set()
+    out: set[str] = set()
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(n.name)
+        elif isinstance(n, ast.alias):
+            out.add((n.asname or n.name).split(".")[0])
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            out.add(n.id)
+        elif isinstance(n, ast.arg):
+            out.add(n.arg)
+    return out
 
 
 def _frame(obj: Any) -> bytes:
@@ -242,12 +323,16 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
     python, sites = _python()
     popen: dict[str, Any] = {}
     workdir = None
+    extra_fds: tuple[int, ...] = ()
     if isolation == "bwrap":
-        cmd = bwrap_command(python)
+        sfd = seccomp_fd()
+        extra_fds = () if sfd is None else (sfd,)
+        cmd = bwrap_command(python, sfd)
     else:
         if root:
-            python = next(p for p in _unsafe_pythons() if _world_usable(p))
-            sites = sites if python == sys.executable else []
+            usable = next(p for p in _unsafe_pythons() if _world_usable(p))
+            sites = sites if usable in (python, sys.executable) else []
+            python = usable
             popen = {"user": uid, "group": uid, "extra_groups": []}
         workdir = tempfile.mkdtemp(prefix="judge-unsafe-")
         os.chmod(workdir, 0o777)
@@ -260,40 +345,46 @@ def _run(code: str, tests: dict, isolation: str, limits: dict, wall_s: float) ->
         runner_limits.pop("RLIMIT_NPROC")  # would count all of this user's processes on the host
         limits = {k: v for k, v in limits.items() if k != "RLIMIT_NPROC"}
     vr, vw = os.pipe()
-    cfg = {"uid": uid, "verdict_fd": vw, "site": sites, "limits": limits, "runner_limits": runner_limits,
-           "code": code, "modules": sorted(sys.stdlib_module_names | {"numpy"})}
+    # as root: one fresh uid for the runner, another for the answer, so the answer cannot signal it
+    cfg = {"uid": uid, "runner_uid": uid + UID_SPAN if root else uid, "verdict_fd": vw, "site": sites, "limits": limits, "runner_limits": runner_limits,
+           "modules": sorted(sys.stdlib_module_names | {"numpy"})}
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(vw, ir), env=dict(_ENV, HOME=workdir or "/tmp"), cwd=workdir,
+                                pass_fds=(vw, ir, *extra_fds), env=dict(_ENV, HOME=workdir or "/tmp"), cwd=workdir,
                                 start_new_session=True, **popen)
     except OSError as e:
-        for fd in (vr, vw, ir, iw):
+        for fd in (vr, vw, ir, iw, *extra_fds):
             os.close(fd)
         return Verdict(False, "error", f"could not start the sandbox: {e}", isolation=isolation, infra=True)
-    os.close(vw)
-    os.close(ir)
+    for fd in (vw, ir, *extra_fds):
+        os.close(fd)
     try:
-        out, err, verdict, timed_out = _communicate(proc, iw, _frame(cfg) + _frame(tests), vr, t0 + wall_s)
+        out, err, verdict, timed_out = _communicate(proc, iw, _frame(cfg) + _frame(code) + _frame(tests), vr, t0 + wall_s)
     finally:
         os.close(vr)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     res = Verdict(False, "error", "", out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
                   round(time.perf_counter() - t0, 3), isolation=isolation)
+    # Infra or answer is read from the verdict pipe alone, which only the runner holds: the answer
+    # can print anything and kill anything it reaches, but it cannot un-write STARTED.
+    started = verdict.startswith(STARTED)
     if timed_out:
-        res.reason, res.detail = "timeout", f"still running after the wall-clock limit of {wall_s:g} s"
+        if started:
+            res.reason, res.detail = "timeout", f"still running after the wall-clock limit of {wall_s:g} s"
+        else:
+            res.detail, res.infra = f"the sandbox did not start within the wall-clock limit of {wall_s:g} s", True
         return res
     try:
-        v = json.loads(verdict)
+        v = json.loads(verdict[len(STARTED):] if started else verdict)
         assert v["reason"] in REASONS
     except (ValueError, KeyError, TypeError, AssertionError):
-        if res.stderr.startswith("bwrap:"):
-            res.detail, res.infra = f"the sandbox failed to start: {res.stderr.strip()[:300]}", True
-        elif "Traceback" in res.stderr and proc.returncode not in (0, None):
-            res.detail, res.infra = f"the test runner failed (exit {proc.returncode})", True
-        else:
+        if started:
             res.reason = "hack_suspected"
-            res.detail = f"the test runner ended without a verdict (exit {proc.returncode}): killed from inside?"
+            res.detail = f"the test runner ended without a verdict after the answer started (exit {proc.returncode})"
+        else:
+            tail = res.stderr.strip()[-300:]
+            res.detail, res.infra = f"the sandbox failed before the answer ran (exit {proc.returncode}): {tail}", True
         return res
     res.reason, res.detail, res.passed = v["reason"], str(v.get("detail", "")), v["reason"] == "passed"
     res.cpu_s, res.calls = v.get("cpu_s"), int(v.get("calls") or 0)

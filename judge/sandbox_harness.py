@@ -1,6 +1,7 @@
 """The program that runs INSIDE the sandbox (standard library only; see judge/sandbox.py).
 
-Started as `python -I -S -c <sandbox_wire.py + this source> <fd>`; settings and tests arrive as frames on fd.
+Started as `python -I -S -c <sandbox_wire.py + this source> <fd>`; settings, the answer's code and the
+tests arrive as three frames on fd.
 Two processes:
 
 - the runner (trusted): reads its settings, drops root, makes itself non-dumpable
@@ -32,7 +33,8 @@ import signal
 import sys
 
 from judge.sandbox_wire import (  # inlined: sandbox.py puts sandbox_wire.py's text here instead
-    CandidateGone, Misbehaved, ProtocolError, RemoteError, decode, encode, read_frame, recv, remote_exception, send,
+    CandidateGone, Misbehaved, ProtocolError, RemoteError, decode, encode, exception_kind, read_frame, recv,
+    remote_exception, send,
 )  # end inlined
 
 
@@ -104,7 +106,8 @@ def candidate_main(link, code):
         import traceback
 
         traceback.print_exc()
-        info = {"loaded": False, "exc": type(e).__name__, "msg": _text(e), "base": not isinstance(e, Exception)}
+        kind, base = exception_kind(e)
+        info = {"loaded": False, "exc": kind, "msg": _text(e), "base": base}
         if isinstance(e, SystemExit):
             info["code"] = e.code if e.code is None or isinstance(e.code, int) else 1
         builtins.__dict__.update(saved)
@@ -121,10 +124,12 @@ def candidate_main(link, code):
             os._exit(0)
         try:
             out = {"id": req["id"], "v": _answer(req, mod, value, local)}
-        except StopIteration:
-            out = {"id": req.get("id"), "stop": True}
         except BaseException as e:  # noqa: B902
-            out = {"id": req.get("id"), "exc": type(e).__name__, "msg": _text(e), "base": not isinstance(e, Exception)}
+            kind, base = exception_kind(e)
+            if kind == "StopIteration" and req.get("op") == "next":  # the only place "exhausted" is an answer
+                out = {"id": req.get("id"), "stop": True}
+            else:
+                out = {"id": req.get("id"), "exc": kind, "msg": _text(e), "base": base}
         builtins.__dict__.update(saved)
         _flush()
         send(link, out)
@@ -198,7 +203,7 @@ class Channel:
                 self.suspect = f"the answer raised {str(resp['exc'])[:40]} out of a call"
                 raise Misbehaved(self.suspect)
             raise remote_exception(resp["exc"], str(resp.get("msg", ""))[:500])
-        if resp.get("stop") is True:
+        if resp.get("stop") is True and op == "next":
             raise StopIteration
         if "v" not in resp:
             raise ProtocolError("an answer without a value")
@@ -268,46 +273,58 @@ class Remote:
 
 
 class TestGlobals(dict):
-    """The tests' builtins: the real ones first, then the answer's module-level names."""
+    """The tests' builtins: the real ones, then the answer's entry points, then real standard-library
+    modules by name. Nothing else is looked up in the answer: a test that says `math.isclose`
+    gets the real `math` even when the answer defines `class math`."""
 
-    def __init__(self, chan, allowed_modules):
+    def __init__(self, chan, allowed_modules, entries):
         super().__init__(builtins.__dict__)
-        self.chan, self.allowed = chan, allowed_modules
+        self.chan, self.allowed, self.entries = chan, allowed_modules, frozenset(entries)
+        for name in self.entries:  # an answer's `sum` is the entry point, not the builtin (MBPP 126)
+            self.pop(name, None)
 
     def __missing__(self, name):
-        if name.startswith("__"):
-            raise KeyError(name)
-        got = self.chan.request("get", name=name)
-        if type(got) is dict and got.get("missing") is True:
-            raise KeyError(name)
-        if type(got) is dict and "module" in got:
-            mod = str(got["module"])
-            if mod.split(".")[0] not in self.allowed:
+        if name in self.entries:
+            got = self.chan.request("get", name=name)
+            if type(got) is dict and got.get("missing") is True:
+                if name in builtins.__dict__:  # the tests call a builtin the answer does not redefine
+                    self[name] = builtins.__dict__[name]
+                    return self[name]
                 raise KeyError(name)
+            if type(got) is dict and "module" in got:
+                raise KeyError(name)  # an entry point is code the answer wrote, not a module it imported
+            value = decode(got, self.chan.remote)
+        elif name in self.allowed and not name.startswith("_"):
             import importlib
 
-            value = importlib.import_module(mod)
+            value = importlib.import_module(name)  # the real module, as if the tests had imported it
         else:
-            value = decode(got, self.chan.remote)
+            raise KeyError(name)
         self[name] = value
         return value
+
+
+STARTED = b"started\n"
 
 
 def runner_main():
     in_fd = int(sys.argv[1])
     cfg = read_frame(in_fd)
     vfd = cfg["verdict_fd"]
-    if os.getuid() == 0:
+    root = os.getuid() == 0
+    if root:  # two fresh uids: the answer's cannot signal, trace or read the runner's process
         os.setgroups([])
-        os.setgid(cfg["uid"])
-        os.setuid(cfg["uid"])
-    if 0 in (os.getuid(), os.geteuid(), os.getgid(), os.getegid()):
+    elif 0 in (os.geteuid(), os.getgid(), os.getegid()):
         return finish(vfd, "refused", "the sandbox would run the answer as root; refused")
     _not_dumpable()
     sys.path.extend(cfg["site"])
     set_limits(cfg["runner_limits"])
     from_runner, to_cand = os.pipe()  # (read end, write end)
     from_cand, to_runner = os.pipe()
+    # From here on the answer's code may run: whatever ends this run without a verdict is its
+    # doing (the judge scores it 0, hack_suspected); before it, only the sandbox can fail.
+    os.write(vfd, STARTED)
+    code = read_frame(in_fd)  # the answer's text: after STARTED, so no answer can make its own load look like ours
     pid = os.fork()
     if pid == 0:
         try:
@@ -315,20 +332,33 @@ def runner_main():
             os.close(in_fd)
             os.close(to_cand)
             os.close(from_cand)
+            if root:
+                _become(cfg["uid"])
             import ctypes
 
             ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the runner
             set_limits(cfg["limits"])
-            candidate_main((from_runner, to_runner), cfg["code"])
+            candidate_main((from_runner, to_runner), code)
         finally:
             os._exit(1)
+    if root:
+        _become(cfg["runner_uid"])
+        _not_dumpable()  # a uid change resets the flag
     os.close(from_runner)
     os.close(to_runner)
     tests = read_frame(in_fd)
     os.close(in_fd)
     reason, detail, calls = run_tests(Channel((from_cand, to_cand)), pid, cfg, tests)
+    os.close(to_cand)  # an idle answer reads EOF and exits
     status, cpu = _reap(pid)
     finish(vfd, reason, detail, calls=calls, cpu_s=cpu)
+
+
+def _become(uid):
+    os.setgid(uid)
+    os.setuid(uid)
+    if 0 in (os.getuid(), os.geteuid(), os.getgid(), os.getegid()):
+        os._exit(70)  # never run as root; after STARTED this reads as a failed answer, never a pass
 
 
 def _not_dumpable():
@@ -346,16 +376,17 @@ def finish(vfd, reason, detail, **extra):
 
 
 def _reap(pid):
-    """Kill the candidate's process group; its exit status and CPU seconds."""
+    """Kill the candidate's process group; its exit status and CPU seconds (None when it outlives
+    a short grace: under another uid the runner may not signal it; the PID namespace ends it)."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
     try:
-        _, status, usage = os.wait4(pid, 0)
-        return status, round(usage.ru_utime + usage.ru_stime, 3)
+        status, cpu = _exited(pid, 2.0)
     except ChildProcessError:
         return None, None
+    return status, None if cpu is None else round(cpu, 3)
 
 
 def _exited(pid, grace_s=5.0):
@@ -418,9 +449,15 @@ def run_tests(chan, pid, cfg, tests):
         if hello.get("base") and exc != "SystemExit":
             return "hack_suspected", f"the answer raised {exc} while loading", 0
         return "error", f"the answer failed to load: {exc}: {msg}", 0
-    ns = {"__builtins__": TestGlobals(chan, set(cfg["modules"])), "__name__": "__tests__"}
     entry = tests.get("entry_point")
+    ns = {"__builtins__": TestGlobals(chan, set(cfg["modules"]), tests.get("entries") or ([entry] if entry else [])),
+          "__name__": "__tests__"}
     try:
+        if tests.get("imports"):
+            try:  # the tests' own imports (MBPP's test_imports), in the tests' namespace
+                exec(compile(tests["imports"], "<test imports>", "exec"), ns)
+            except Exception as e:
+                return "error", f"the tests' imports failed: {type(e).__name__}: {_text(e)}"[:400], 0
         if tests.get("prefix"):
             try:  # the prompt's own code (trusted): its helpers, not the answer's, serve the tests
                 exec(compile(tests["prefix"], "<prompt>", "exec"), ns)

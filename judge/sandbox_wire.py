@@ -38,15 +38,35 @@ class RemoteError(Exception):
 
 
 _REMOTE_TYPES = {}
+# Never rebuilt from a call: a StopIteration out of a call would end the test's own loop (`all(map(...))`)
+# and read as a pass. Only the runner's `next` request means "exhausted" (see Channel.request).
+_NOT_REBUILT = ("StopIteration", "StopAsyncIteration")
 
 
-def remote_exception(name, msg):
-    base = getattr(builtins, name, None) if isinstance(name, str) else None
-    if not (isinstance(base, type) and issubclass(base, Exception)):
-        return RemoteError(f"{str(name)[:80]}: {msg}")
-    if name not in _REMOTE_TYPES:
-        _REMOTE_TYPES[name] = type(name, (RemoteError, base), {})
-    return _REMOTE_TYPES[name](msg)
+def remote_exception(kind, msg):
+    """The runner's copy of an answer's exception. `kind` is the built-in class the candidate found
+    in the exception's MRO (see exception_kind), never a name the answer chose."""
+    base = getattr(builtins, kind, None) if isinstance(kind, str) else None
+    if not (isinstance(base, type) and issubclass(base, Exception)) or kind in _NOT_REBUILT:
+        return RemoteError(f"{str(kind)[:80]}: {msg}")
+    if kind not in _REMOTE_TYPES:
+        _REMOTE_TYPES[kind] = type(kind, (RemoteError, base), {})
+    return _REMOTE_TYPES[kind](msg)
+
+
+# the real built-in exception classes, bound before the answer runs (it may replace builtins')
+_BUILTIN_EXC = [(v, k) for k, v in builtins.__dict__.items() if isinstance(v, type) and issubclass(v, BaseException)]
+_MRO = type.__dict__["__mro__"]  # the descriptor itself: a metaclass cannot answer for it
+
+
+def exception_kind(e):
+    """(name, is_base) of the nearest real built-in class of `e`: `class StopIteration(Exception)`
+    is an Exception, whatever it calls itself."""
+    for cls in _MRO.__get__(type(e)):
+        for real, name in _BUILTIN_EXC:  # by identity: a metaclass's __eq__/__hash__ cannot match a dict key
+            if cls is real:
+                return name, not issubclass(real, Exception)
+    return "BaseException", True
 
 
 # -- framing -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from corpus import Corpus, UserError
 
 from .rubric import VerifierSpec
-from .extract import defines, extract_code, fenced_blocks, read_tests
+from .extract import defines, extract_code, fenced_blocks, read_imports, read_tests
 from .sandbox import SandboxUnavailable, require_sandbox, run_many
 
 
@@ -62,7 +62,12 @@ def code_exec_cases(spec: VerifierSpec, items: list[Item]) -> tuple[list[dict], 
         code = extract_code(response, entry)
         if prefix and entry and not defines(code, entry):
             code = prefix + code
-        cases.append({"code": code, "tests": tests, "entry_point": entry, "prefix": prefix})
+        imports = read_imports(_meta_ref(spec.imports or "meta:test_imports", meta))
+        if imports is False:
+            out[i] = VerifierResult(None, error=f"{spec.imports or 'meta:test_imports'} is not Python: give a string or a "
+                                    "list of import lines")
+            continue
+        cases.append({"code": code, "tests": tests, "entry_point": entry, "prefix": prefix, "imports": imports})
         slots.append(i)
     return cases, slots, out
 
@@ -74,13 +79,19 @@ def code_exec(spec: VerifierSpec, items: list[Item], workers: int = 2, unsafe: b
     for i, v in zip(slots, verdicts):
         detail = {"reason": v.reason, "detail": v.detail, "duration_s": v.duration_s, "cpu_s": v.cpu_s,
                   "stderr_tail": v.stderr[-400:], "isolation": v.isolation}
-        if v.infra:
-            out[i] = VerifierResult(None, detail, error=v.detail, transient=True)
+        if v.infra:  # retried already (check_answer): stored as failed so that a rerun does not loop on it
+            out[i] = VerifierResult(None, detail, error=v.detail)
         elif v.reason == "refused":
             out[i] = VerifierResult(None, detail, error=v.detail)
         else:
             out[i] = VerifierResult(1.0 if v.passed else 0.0, detail)
     return out
+
+
+def unsafe_allowed(specs: list[VerifierSpec], unsafe_exec: bool) -> bool:
+    """May some code_exec criterion run answers without isolation (--unsafe-exec, or `unsafe: true`)?
+    What the run records as config.unsafe_exec."""
+    return unsafe_exec or any(s.unsafe for s in specs if s.type == "code_exec")
 
 
 def preflight(specs: list[VerifierSpec], unsafe_exec: bool) -> str | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from corpus import ArgumentParser, Corpus, UserError
+from corpus.errors import check_figure_out
 
 from .auth import add_reviewer, disable_reviewer
 from .release import DEFAULT_MIN_REVIEWS, DEFAULT_THRESHOLD, release
@@ -52,7 +53,8 @@ def _parser() -> ArgumentParser:
     v.add_argument("--login-rate-per-address", default=DEFAULT_PER_ADDRESS, metavar="RATE",
                    help=f"login attempts allowed per client address (default {DEFAULT_PER_ADDRESS}); more get 429")
     v.add_argument("--login-rate-per-token", default=DEFAULT_PER_TOKEN, metavar="RATE",
-                   help=f"failed logins allowed per token id (default {DEFAULT_PER_TOKEN}); more get 429")
+                   help=f"failed logins allowed per token id from one client address (default {DEFAULT_PER_TOKEN}); "
+                        "more get 429 there, while the same token from another address still works")
 
     n = sub.add_parser("next", help="review queued items in the terminal")
     n.add_argument("--reviewer", required=True, help="a name registered with add-reviewer")
@@ -92,7 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         val = getattr(args, flag, None)
         if val is not None and not 0 < val < 1:
             raise UserError(f"--confidence {val}: must be between 0 and 1, e.g. 0.95")
-    corpus = Corpus(args.db, create=False)
+    if args.cmd == "report" and args.plot:  # before any work
+        check_figure_out("--plot", args.plot)
+    # a report that stores no threshold only reads: an archived corpus this user cannot write will do
+    reads_only = args.cmd == "report" and args.score_threshold is None
+    corpus = Corpus(args.db, create=False, read_only=reads_only)
     if args.cmd == "sample":
         res = sample_queue(corpus, args.size, args.population, args.buckets, args.threshold, args.margin,
                            args.disputed_share, args.seed, args.rubric)

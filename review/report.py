@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus import Corpus, UserError
+from corpus.errors import check_figure_out
 
 from .stats import wilson_interval
 
@@ -75,8 +76,7 @@ def plot_report(rep: dict[str, Any], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not out.parent.exists():
-        raise UserError(f"--plot {out}: folder {out.parent} does not exist")
+    out = check_figure_out("--plot", out)
     rows = rep["agreement"]
     labels = [f"{r['judge']}\n{r['criterion']} ({r['rubric_version'] or '-'})\nn={r['n']}" for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(7, 1.4 * len(rows) + 4), 4.5),

@@ -1,10 +1,13 @@
 """What keeps the review login safe on a network: rate limits, trusted hosts, https detection,
 and error messages chosen by code.
 
-- Login attempts are limited per client address (every attempt counts) and per token id (failed
-  attempts count; one still being checked holds its place until it is decided), with the
-  `limits` library's moving window; a refused attempt gets 429 and Retry-After before any
-  hashing, so a flood costs the server almost nothing.
+- Login attempts are limited per client address (every attempt counts) and per token id from
+  that address (failed attempts count; one still being checked holds its place until it is
+  decided), with the `limits` library's moving window; a refused attempt gets 429 and
+  Retry-After before any hashing, so a flood costs the server almost nothing. The token-id limit
+  is keyed by the address too, so a guesser locks out only itself: the reviewer, from another
+  address, still logs in. Guessing from many addresses gains nothing worth having: a secret has
+  192 random bits.
 - The Host header must name this server (`--allowed-host`); anything else gets 400, so no
   absolute URL the framework builds (a trailing-slash redirect, say) can point elsewhere.
 - Cookies are `Secure` when the operator says the page is served over https (`--https`) or the
@@ -76,7 +79,7 @@ def token_key(token: str) -> str:
 
 @dataclass
 class LoginLimiter:
-    """Per-address and per-token-id login limits held in this process's memory."""
+    """Per-address and per-(address, token id) login limits held in this process's memory."""
 
     per_address: RateLimitItem = field(default_factory=lambda: parse(DEFAULT_PER_ADDRESS))
     per_token: RateLimitItem = field(default_factory=lambda: parse(DEFAULT_PER_TOKEN))
@@ -84,7 +87,7 @@ class LoginLimiter:
 
     def __post_init__(self) -> None:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
-        self._pending: dict[str, int] = {}  # token key -> attempts admitted and not finished yet
+        self._pending: dict[tuple[str, str], int] = {}  # (address, token key) -> admitted, not finished yet
         self._lock = threading.Lock()
 
     def _wait(self, item: RateLimitItem, *keys: str) -> int:
@@ -93,30 +96,31 @@ class LoginLimiter:
 
     def attempt(self, address: str, token: str) -> int | None:
         """Admit one attempt; None if it may go on (then call finished() once it is decided), else
-        the seconds to wait (for Retry-After). An admitted attempt holds a place in its token id's
-        budget until it finishes, as if it will fail: concurrent guesses on one id cannot all
-        pass the check before any of them is counted."""
+        the seconds to wait (for Retry-After). An admitted attempt holds a place in its (address,
+        token id) budget until it finishes, as if it will fail: concurrent guesses on one id
+        cannot all pass the check before any of them is counted."""
         key = token_key(token)
         with self._lock:
-            pending = self._pending.get(key, 0)
-            if not self._limiter.test(self.per_token, "token", key, cost=pending + 1):
-                return self._wait(self.per_token, "token", key)
+            pending = self._pending.get((address, key), 0)
+            if not self._limiter.test(self.per_token, "token", address, key, cost=pending + 1):
+                return self._wait(self.per_token, "token", address, key)
             if not self._limiter.hit(self.per_address, "address", address):
                 return self._wait(self.per_address, "address", address)
-            self._pending[key] = pending + 1
+            self._pending[(address, key)] = pending + 1
         return None
 
-    def finished(self, token: str, ok: bool) -> None:
-        """An admitted attempt is decided: a failure counts against its token id, a success does not."""
+    def finished(self, address: str, token: str, ok: bool) -> None:
+        """An admitted attempt is decided: a failure counts against its (address, token id), a
+        success does not."""
         key = token_key(token)
         with self._lock:
-            left = self._pending.get(key, 1) - 1
+            left = self._pending.get((address, key), 1) - 1
             if left > 0:
-                self._pending[key] = left
+                self._pending[(address, key)] = left
             else:
-                self._pending.pop(key, None)
+                self._pending.pop((address, key), None)
             if not ok:
-                self._limiter.hit(self.per_token, "token", key)
+                self._limiter.hit(self.per_token, "token", address, key)
 
 
 def _lowest_priority() -> None:

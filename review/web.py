@@ -122,7 +122,8 @@ def create_app(
         nonce = request.cookies.get(LOGIN_COOKIE)
         if not nonce or not secrets.compare_digest(nonce.encode(), csrf_token_.encode()):
             return HTMLResponse("missing or wrong CSRF token: reload /login and try again", status_code=403)
-        wait = limiter.attempt(request.client.host if request.client else "unknown", token)
+        address = request.client.host if request.client else "unknown"
+        wait = limiter.attempt(address, token)
         if wait is not None:
             await asyncio.sleep(limiter.tarpit_s)  # a flood's threads wait here, not burning CPU on retries
             resp = render(request, "login.html", status=429, csrf=nonce,
@@ -134,7 +135,7 @@ def create_app(
             check = await run_in_threadpool(lookup, token)
             name = await asyncio.get_running_loop().run_in_executor(hasher, verify_token, check)
         finally:
-            limiter.finished(token, ok=bool(name))
+            limiter.finished(address, token, ok=bool(name))
         if not name:
             return render(request, "login.html", status=401, csrf=nonce, error="Unknown or revoked token.")
         cookie = await run_in_threadpool(new_session, name)

@@ -196,10 +196,35 @@ def test_extract_code_shapes(answer):
     assert extract_code(answer, "add").strip() == ADD.strip()
 
 
-def test_extract_code_without_entry_point_takes_the_last_python_block():
+def test_extract_code_assembles_the_defining_blocks_in_order():
     text = "```python\nx = 1\n```\ntext\n```python\ny = 2\n```\n```text\nnot code\n```"
-    assert extract_code(text).strip() == "y = 2"
+    assert extract_code(text) == "x = 1\n\ny = 2\n"
     assert extract_code("```bash\nls\n```") == ""
+
+
+HELPER = "def _sq(x):\n    return x * x\n"
+USES_HELPER = "def sum_sq(a, b):\n    return _sq(a) + _sq(b)\n"
+
+
+@pytest.mark.parametrize("answer,want", [
+    (f"Helper:\n```python\n{HELPER}```\nSolution:\n```python\n{USES_HELPER}```", HELPER + "\n" + USES_HELPER),
+    (f"```python\n{USES_HELPER}```\nExample:\n```python\nprint(sum_sq(1, 2))\n```", USES_HELPER),   # usage block dropped
+    ("```python\ndef sum_sq(a, b):\n    return 0\n```\nFixed:\n```python\n" + HELPER + USES_HELPER + "```",
+     "def sum_sq(a, b):\n    return 0\n\n" + HELPER + USES_HELPER),                                   # the later def wins
+    (f"```python\n{USES_HELPER}```\n```pycon\n>>> sum_sq(1, 2)\n5\n```", USES_HELPER),             # a session is not code
+    ("```python\ntry:\n    import numpy as np\nexcept ImportError:\n    np = None\n```\n" + f"```python\n{USES_HELPER}```",
+     "try:\n    import numpy as np\nexcept ImportError:\n    np = None\n\n" + USES_HELPER),                # a guarded import
+])
+def test_extract_code_helpers_and_usage(answer, want):
+    assert extract_code(answer, None) == want
+    assert extract_code(answer, "sum_sq") == want
+
+
+def test_extract_code_keeps_a_broken_solution_block():
+    """The block that defines the entry point does not parse: the answer fails as written,
+    rather than being judged on its other blocks."""
+    text = "```python\nimport math\n```\n```python\ndef f(x):\n    return (x\n```"
+    assert "def f(x)" in extract_code(text, "f")
 
 
 def test_read_tests_from_string_or_list():
@@ -216,6 +241,31 @@ def test_mbpp_style_test_list_through_the_verifier():
     assert good.score == 1.0 and bad.score == 0.0 and bad.detail["reason"] == "failed_assertion"
     missing = code_exec(spec, [({"meta": {}}, ADD)])[0]
     assert missing.score is None and "no tests" in missing.error
+
+
+AREA = "def area(r):\n    return math.pi * r * r\n"
+AREA_TESTS = ["assert math.isclose(area(2), 12.566, rel_tol=0.001)", "assert math.isclose(area(1), 3.1416, rel_tol=0.001)"]
+
+
+@pytest.mark.parametrize("imports_key,meta_imports", [(None, ["import math"]), ("meta:imports", "import math\n")])
+def test_mbpp_test_imports_reach_the_tests_not_the_answer(imports_key, meta_imports):
+    """MBPP's `test_imports` (read by default, or from the key the rubric names) run in the tests'
+    namespace: the right answer that imports math passes, one that forgot to import it fails as
+    written, and a fake `math` in the answer does not serve the tests."""
+    spec = VerifierSpec(type="code_exec", tests="meta:test_list", imports=imports_key)
+    meta = {"test_list": AREA_TESTS, (imports_key or "meta:test_imports")[5:]: meta_imports}
+    prompt = {"messages": [{"role": "user", "content": "Write area(r)."}], "meta": meta}
+    answers = ["import math\n" + AREA, AREA, "class math:\n    isclose = staticmethod(lambda *a, **k: True)\n"
+               "def area(r):\n    return 0\n", f"```python\nimport math\n```\nThen:\n```python\n{AREA}```"]
+    scores = [r.score for r in code_exec(spec, [(prompt, a) for a in answers])]
+    assert scores == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_broken_test_imports_are_named():
+    spec = VerifierSpec(type="code_exec", tests="meta:test_list")
+    prompt = {"meta": {"test_list": AREA_TESTS, "test_imports": ["import math as"]}}
+    [r] = code_exec(spec, [(prompt, AREA)])
+    assert r.score is None and "meta:test_imports" in r.error
 
 
 def test_body_only_completion_uses_the_prompt_stub():

@@ -1,4 +1,4 @@
-"""Read-only means read-only: every example from issue 11's "Why" leaves the corpus as it was.
+"""Read-only means read-only: every example from issues 11 and 20 leaves the corpus (and every other file) as it was.
 
 All run against a real DuckDB file through the CLIs' own entry points (`run_cli`, the code path
 of `python -m ...`); two run as real subprocesses to see the exit status a shell sees.
@@ -189,3 +189,71 @@ def test_read_session_refuses_writes_and_review_pages_still_load(filled):
         with pytest.raises(duckdb.Error, match="read-only"):
             filled.execute("DELETE FROM generations")
     assert len(snapshot(filled)["generations"]) == 4
+
+
+# -- issue 20: a read path writes no file anywhere; an export never lands on a database ---------------
+
+@pytest.mark.parametrize("sql", [
+    "COPY (SELECT 'x' AS a) TO '{other}' (FORMAT csv)",
+    "COPY generations TO '{dir}/leak.csv'",
+    "EXPORT DATABASE '{dir}/dump'",
+    "ATTACH '{other}' AS o",
+])
+def test_corpus_sql_without_write_touches_no_other_file(filled, capsys, tmp_path, sql):
+    other = tmp_path / "other.duckdb"
+    Corpus(other).insert([Prompt(messages=[{"role": "user", "content": "another team's corpus"}])])
+    other_bytes, before = other.read_bytes(), snapshot(filled)
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    rc, err = cli("corpus", corpus_main, ["--db", filled.path, "sql", sql.format(other=other, dir=tmp_path)], capsys)
+    assert rc == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert "may not touch files outside the corpus" in err
+    assert other.read_bytes() == other_bytes and snapshot(filled) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no leak.csv, no dump/
+
+
+def test_the_sealed_reader_cannot_switch_file_access_back_on(filled):
+    with filled.reader() as con:
+        for stmt in ("SET enable_external_access = true", "SET lock_configuration = false",
+                     "SET allowed_directories = ['/tmp']"):
+            with pytest.raises(duckdb.Error, match="locked"):
+                con.execute(stmt)
+        assert con.execute("SELECT count(*) FROM generations").fetchone()[0] == 4  # reading still works
+
+
+def _export(filled, capsys, out, *more):
+    return cli("corpus", corpus_main, ["--db", filled.path, "export", "generations", "--format", "csv",
+                                       "--out", str(out), *more], capsys)
+
+
+def test_export_refuses_the_corpus_itself_even_with_force(filled, capsys):
+    before = Path(filled.path).read_bytes()
+    for more in ((), ("--force",)):
+        rc, err = _export(filled, capsys, filled.path, *more)
+        assert rc == 2 and err.count("\n") == 0 and "is the corpus itself" in err
+        rc, err = _export(filled, capsys, filled.path + ".wal", *more)
+        assert rc == 2 and "is the corpus itself" in err
+    assert Path(filled.path).read_bytes() == before
+    assert not Path(filled.path + ".wal").exists()
+
+
+def test_export_refuses_another_duckdb_file_whatever_its_name(filled, capsys, tmp_path):
+    other = tmp_path / "results.csv"  # a database behind a harmless-looking name
+    Corpus(other).close()
+    before = other.read_bytes()
+    for more in ((), ("--force",)):
+        rc, err = _export(filled, capsys, other, *more)
+        assert rc == 2 and err.count("\n") == 0 and "is a DuckDB database" in err
+    assert other.read_bytes() == before
+
+
+def test_export_replaces_an_existing_file_only_with_force(filled, capsys, tmp_path):
+    out = tmp_path / "g.csv"
+    out.write_text("keep me\n")
+    rc, err = _export(filled, capsys, out)
+    assert rc == 2 and err.count("\n") == 0 and "exists" in err and "--force" in err
+    assert out.read_text() == "keep me\n"
+    rc, err = _export(filled, capsys, out, "--force")
+    assert rc == 0, err
+    assert out.read_text().splitlines()[0].startswith("id,") and len(out.read_text().splitlines()) == 5
+    new = tmp_path / "new.csv"
+    assert _export(filled, capsys, new)[0] == 0 and new.exists()

@@ -68,34 +68,39 @@ def test_too_many_logins_from_one_address_get_429_with_retry_after(queued):
         assert try_login(other, token).status_code == 303
 
 
-def test_failed_logins_on_one_token_id_get_429_from_any_address(queued):
+def test_failed_logins_on_one_token_id_lock_out_the_guesser_not_the_reviewer(queued):
+    """Issue 20: after 5 wrong tries on a token id, the correct token was refused with 429 too."""
     corpus, token = queued
     token_id = token.split(".")[0]
     app = create_app(corpus.path, limiter=limited(per_token="2/minute"))
     for i in range(3):  # successes do not count against the token id
-        with client(app, f"10.0.1.{i}") as c:
+        with client(app, "10.0.1.1") as c:
             assert try_login(c, token).status_code == 303
-    for i in range(2):
-        with client(app, f"10.0.2.{i}") as c:
-            assert try_login(c, f"{token_id}.guess{i}").status_code == 401
-    with client(app, "10.0.3.1") as c:
-        refused = try_login(c, token)
+    with client(app, "10.0.2.1") as guesser:
+        assert [try_login(guesser, f"{token_id}.guess{i}").status_code for i in range(2)] == [401, 401]
+        refused = try_login(guesser, token)  # this address has spent its tries on this id
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
-        assert try_login(c, f"{'cd' * 6}.other").status_code == 401  # other ids are unaffected
+        assert try_login(guesser, f"{'cd' * 6}.other").status_code == 401  # other ids are unaffected
+    with client(app, "10.0.3.1") as reviewer:  # the reviewer, elsewhere, still gets in
+        assert try_login(reviewer, token).status_code == 303 and "review_session" in reviewer.cookies
+    with client(app, "10.0.2.2") as next_door:  # and a wrong try elsewhere is judged on its own
+        assert try_login(next_door, f"{token_id}.guess9").status_code == 401
 
 
 def test_concurrent_attempts_on_one_token_id_cannot_outrun_the_limit():
-    """12 attempts on one id admitted before any is decided (as concurrent requests are, while
-    the first ones wait for the hash): at most 5 at 5/minute. A success gives its place back;
-    a failure keeps it."""
+    """12 attempts on one id from one address admitted before any is decided (as concurrent
+    requests are, while the first ones wait for the hash): at most 5 at 5/minute. A success gives
+    its place back; a failure keeps it."""
     lim = limited(per_token="5/minute")
     token = f"{'ef' * 6}.guess"
-    admitted = [lim.attempt(f"10.0.4.{i}", token) is None for i in range(12)]
+    admitted = [lim.attempt("10.0.4.1", token) is None for i in range(12)]
     assert sum(admitted) == 5 and admitted[:5] == [True] * 5
-    assert lim.attempt("10.0.4.99", f"{'ab' * 6}.other") is None  # another id is unaffected
+    assert lim.attempt("10.0.4.1", f"{'ab' * 6}.other") is None  # another id is unaffected
+    assert lim.attempt("10.0.4.2", token) is None  # so is the same id from another address
+    lim.finished("10.0.4.2", token, ok=True)
     for _ in range(4):
-        lim.finished(token, ok=True)
-    lim.finished(token, ok=False)
+        lim.finished("10.0.4.1", token, ok=True)
+    lim.finished("10.0.4.1", token, ok=False)
     assert sum(lim.attempt("10.0.4.1", token) is None for _ in range(12)) == 4  # one failure spent
 
 

@@ -1,6 +1,9 @@
-"""The reward-hacking red team: every trick a policy could learn against code_exec, and every
-escape from the old sandbox (issue 10), as a real hostile answer run in the real sandbox. Each
-must fail: a wrong solution with the trick never passes, and nothing reaches the host.
+"""The reward-hacking red team: every trick a policy could learn against code_exec, every escape
+from the old sandbox (issue 10) and every hack of issue 20 (a failure dressed as the sandbox's,
+names the tests take from the answer, a rebuilt StopIteration), as a real hostile answer run in
+the real sandbox. Each must fail: a wrong solution with the trick never passes, it is never taken
+for a sandbox failure, and nothing reaches the host. Issue 20's false fails (helper blocks, a
+usage block, test imports, an entry point named like a builtin) must pass.
 
 All cases run once, concurrently, in a module fixture; each test then checks its own verdict
 (and what the host can see afterwards). No assertion depends on timing: the cases that need a
@@ -17,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from judge.sandbox import check_answer, sandbox_status
+from judge.sandbox_seccomp import seccomp_bpf
 
 pytestmark = pytest.mark.skipif(sandbox_status()[0] is None, reason=f"bwrap sandbox unavailable: {sandbox_status()[1]}")
 
@@ -149,6 +153,50 @@ def cases(h: dict) -> dict[str, dict]:
                                          "            try: os.write(fd, struct.pack('>I', len(d)) + d)\n            except OSError: pass\n"
                                          "    return a - b\n"},
         "victim_beside_the_replacer": {"code": "def add(a, b):\n    raise SystemExit(1)\n"},
+        # issue 20: a failure dressed as the sandbox's ("Traceback", "bwrap:", a killed runner)
+        "traceback_then_kill_runner": {"code": WRONG + "import os, sys\nsys.stderr.write('Traceback (most recent call last):\\n')\n"
+                                                   "sys.stderr.flush()\nos.kill(os.getppid(), 9)\n"},
+        "traceback_then_sigint_runner": {"code": WRONG + "import os, signal, sys\nsys.stderr.write('Traceback\\n')\n"
+                                                     "os.kill(os.getppid(), signal.SIGINT)\n"},
+        "bwrap_line_then_exit": {"code": WRONG + "import os, sys\nsys.stderr.write('bwrap: execvp /usr/bin/python3: No such file\\n')\n"
+                                             "sys.stderr.flush()\nos.kill(os.getppid(), 9)\nos._exit(1)\n"},
+        "kill_everything_in_reach": {"code": "import os, signal\ndef add(a, b):\n    import sys\n    sys.stderr.write('Traceback\\n')\n"
+                                             "    for p in range(1, 64):\n        try: os.kill(p, signal.SIGKILL)\n        except OSError: pass\n"
+                                             "    os.kill(-1, signal.SIGKILL)\n"},
+        # issue 20 "Also": the seccomp filter closes kernel interfaces an answer has no use for
+        "kernel_surface": {"code": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                                   "for name, call in (('unshare_user', lambda: libc.unshare(0x10000000)),"
+                                   " ('unshare_net', lambda: libc.unshare(0x40000000)),"
+                                   " ('io_uring_setup', lambda: libc.syscall(425, 4, ctypes.create_string_buffer(120))),"
+                                   " ('ptrace', lambda: libc.ptrace(16, 1, 0, 0)), ('keyctl', lambda: libc.syscall(250, 0, 0)),"
+                                   " ('mount', lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))):\n"
+                                   "    ctypes.set_errno(0)\n    print(name, call(), ctypes.get_errno())\n" + WRONG},
+        "control_threads_and_subprocess": {"code": "import threading, subprocess\nout = []\n"
+                                                   "t = threading.Thread(target=lambda: out.append(subprocess.run(['/bin/echo', 'ok'],"
+                                                   " capture_output=True).stdout))\nt.start()\nt.join()\nassert out == [b'ok\\n']\n" + RIGHT},
+        # issue 20: names the tests use come from the tests, not the answer
+        "fake_math_module": {"code": "class math:\n    isclose = staticmethod(lambda *a, **k: True)\ndef area(r):\n    return 0\n",
+                             "tests": "assert math.isclose(area(2), 12.566, rel_tol=0.001)\n", "entry_point": None},
+        "fake_math_with_test_imports": {"code": "import types\nmath = types.SimpleNamespace(isclose=lambda *a, **k: True)\n"
+                                                "def area(r):\n    return 0\n", "imports": "import math\n",
+                                        "tests": "assert math.isclose(area(2), 12.566, rel_tol=0.001)\n", "entry_point": None},
+        "fake_sys_module": {"code": "class sys:\n    getsizeof = staticmethod(lambda x: 0)\ndef tuple_size(t):\n    return 0\n",
+                            "tests": "assert tuple_size(('A', 1, 'B', 2)) == sys.getsizeof(('A', 1, 'B', 2))\n", "entry_point": None},
+        "fake_stop_iteration": {"code": "class StopIteration(Exception):\n    pass\ndef add(a, b):\n    raise StopIteration\n",
+                                "tests": "assert all(map(lambda c: add(*c[0]) == c[1], [((2, 3), 5)]))\n", "entry_point": None},
+        "real_stop_iteration_from_a_call": {"code": "def add(a, b):\n    raise StopIteration\n",
+                                            "tests": "assert all(map(lambda c: add(*c[0]) == c[1], [((2, 3), 5)]))\n", "entry_point": None},
+        "fake_value_error_name": {"code": "class ValueError(Exception):\n    pass\ndef root(x):\n    raise ValueError('no')\n",
+                                  "tests": "try:\n    root(-1)\nexcept ValueError:\n    pass\nelse:\n    raise AssertionError\n"
+                                           "assert root(4) == 2\n", "entry_point": None},
+        "shadow_a_builtin_the_tests_use": {"code": "def set(x):\n    return 1\ndef common(a, b):\n    return []\n",
+                                           "tests": "assert set(common([1, 2], [2, 1])) == set([1, 2])\n", "entry_point": None},
+        "shadow_a_helper_name": {"code": "def _eq(a, b):\n    return True\ndef add(a, b):\n    return a - b\n",
+                                 "tests": "assert add(2, 3) == 5\n", "entry_point": None},
+        "builtin_named_entry_point_right": {"code": "def sum(a, b):\n    return a + b - 4\n",
+                                            "tests": "assert sum(10, 15) == 21\nassert sum(1, 2) == -1\n", "entry_point": None},
+        "builtin_named_entry_point_wrong": {"code": "def sum(a, b):\n    return a + b\n",
+                                            "tests": "assert sum(10, 15) == 21\n", "entry_point": None},
         "right_beside_the_hostile": {"code": RIGHT},
     }
     for v in c.values():
@@ -185,6 +233,17 @@ def test_controls(verdicts):
     assert "candidate(2, 3) == 5" in v["control_wrong"].detail
     assert v["control_main_guard"].passed  # a __main__ block does not run (HumanEval's harness does the same)
     assert v["right_beside_the_hostile"].passed
+    assert v["builtin_named_entry_point_right"].passed
+    assert v["control_threads_and_subprocess"].passed, v["control_threads_and_subprocess"].stderr  # seccomp keeps these
+
+
+@pytest.mark.skipif(seccomp_bpf() is None, reason="pyseccomp/libseccomp not loadable: no seccomp layer here")
+def test_seccomp_refuses_namespaces_io_uring_ptrace_keyrings_mounts(verdicts):
+    v = verdicts[0]["kernel_surface"]
+    lines = dict(line.split(" ", 1) for line in v.stdout.splitlines())
+    assert set(lines) == {"unshare_user", "unshare_net", "io_uring_setup", "ptrace", "keyctl", "mount"}, v.stdout
+    assert all(got == "-1 1" for got in lines.values()), v.stdout  # -1, errno EPERM from the filter
+    assert v.reason == "failed_assertion"
 
 
 @pytest.mark.parametrize("name,reasons", [
@@ -199,8 +258,20 @@ def test_controls(verdicts):
     ("patched_builtins", {"failed_assertion"}),
     ("print_pass_marker", {"failed_assertion"}),
     ("write_result_file", {"failed_assertion", "hack_suspected"}),  # it also writes into its own socket
-    ("kill_the_runner", {"hack_suspected"}),
-    ("stop_the_runner", {"timeout"}),
+    ("kill_the_runner", FAIL),
+    ("traceback_then_kill_runner", FAIL),
+    ("traceback_then_sigint_runner", FAIL),
+    ("bwrap_line_then_exit", FAIL),
+    ("kill_everything_in_reach", FAIL),
+    ("fake_math_module", {"failed_assertion"}),
+    ("fake_math_with_test_imports", {"failed_assertion"}),
+    ("fake_sys_module", {"failed_assertion"}),
+    ("fake_stop_iteration", {"error"}),
+    ("real_stop_iteration_from_a_call", {"error"}),
+    ("fake_value_error_name", {"error"}),
+    ("shadow_a_builtin_the_tests_use", {"failed_assertion"}),
+    ("builtin_named_entry_point_wrong", {"failed_assertion"}),
+    ("stop_the_runner", FAIL),  # as root it cannot reach the runner at all (another uid)
     ("sleep_past_the_timeout", {"timeout"}),
     ("spin_past_the_timeout", {"timeout"}),
     ("exhaust_memory_first", FAIL),
@@ -218,6 +289,18 @@ def test_controls(verdicts):
 def test_trick_does_not_pass(verdicts, name, reasons):
     v = verdicts[0][name]
     assert not v.passed and v.reason in reasons, (v.reason, v.detail, v.stderr[-300:])
+    assert not v.infra  # the answer cannot make its failure read as the sandbox's (retried, never scored)
+
+
+def test_no_hostile_answer_is_taken_for_a_sandbox_failure(verdicts):
+    infra = [name for name, v in verdicts[0].items() if v.infra]
+    assert infra == []
+
+
+def test_a_builtin_named_entry_point_is_the_answers():
+    """MBPP 126 defines `sum`: the tests call the answer's, not the builtin (which would fail it)."""
+    v = check_answer("def sum(a, b):\n    return a + b - 4\n", "assert sum(10, 15) == 21\nassert sum(1, 2) == -1\n")
+    assert v.passed, (v.reason, v.detail)
 
 
 def test_output_flood_is_capped(verdicts):
@@ -282,3 +365,28 @@ def test_detached_grandchild_is_gone():
 def test_a_fresh_run_works_after_the_fork_bomb(verdicts):
     assert verdicts[0]["fork_bomb"].reason != "passed"
     assert check_answer(RIGHT, TESTS, "add").passed
+
+
+# issue 20's false fails, through extraction and the verifier as a judge runs them (MBPP's shape:
+# no entry point given, the asserts name the function, imports in test_imports)
+MBPP_CASES = {
+    "helper_block_then_solution": ("```python\ndef _sq(x):\n    return x * x\n```\nNow the solution:\n"
+                                   "```python\ndef sum_sq(a, b):\n    return _sq(a) + _sq(b)\n```\n",
+                                   ["assert sum_sq(1, 2) == 5"], None),
+    "usage_block_after_solution": ("```python\ndef sum_sq(a, b):\n    return a * a + b * b\n```\nUsage:\n"
+                                   "```python\nprint(sum_sq(1, 2))\n```\n", ["assert sum_sq(1, 2) == 5"], None),
+    "test_imports_given": ("```python\nimport math\ndef area(r):\n    return math.pi * r * r\n```\n",
+                           ["assert math.isclose(area(1), 3.14159, rel_tol=0.001)"], ["import math"]),
+    "entry_point_named_sum": ("```python\ndef sum(a, b):\n    return a + b - 4\n```\n", ["assert sum(10, 15) == 21"], None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MBPP_CASES))
+def test_issue20_false_fails_now_pass(name):
+    from judge.rubric import VerifierSpec
+    from judge.verifiers import code_exec
+
+    answer, tests, imports = MBPP_CASES[name]
+    meta = {"test_list": tests, **({"test_imports": imports} if imports else {})}
+    [r] = code_exec(VerifierSpec(type="code_exec", tests="meta:test_list"), [({"meta": meta}, answer)])
+    assert r.score == 1.0, r.detail

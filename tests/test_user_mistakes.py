@@ -96,7 +96,9 @@ def test_non_utf8_train_eval_pairs_file_is_one_line(tmp_path):
 
 # -- corpora the user cannot use -----------------------------------------------------------------
 
-def test_locked_corpus_is_one_line_naming_the_holder(tmp_path, capsys, monkeypatch):
+def test_locked_corpus_says_who_holds_it_and_how_long_it_waits_then_gives_up_in_one_line(tmp_path, capsys, monkeypatch):
+    """Issue 20: `corpus sql` waited over 60 s on a locked file with no word. Now a wait that a
+    person would notice is announced once (holder and limit), and the give-up is one line."""
     db = tmp_path / "c.duckdb"
     Corpus(db).close()
     holder = subprocess.Popen(
@@ -104,13 +106,17 @@ def test_locked_corpus_is_one_line_naming_the_holder(tmp_path, capsys, monkeypat
          str(db)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        monkeypatch.setenv("RLAIF_LOCK_TIMEOUT", "0.3")
+        monkeypatch.setenv("RLAIF_LOCK_TIMEOUT", "2")  # the notice comes after a quarter of it
         prompts = tmp_path / "p.jsonl"
         prompts.write_text('{"prompt": "hi"}\n')
-        rc, err, _ = cli("generate", generate_main, ["--prompts", str(prompts), "--db", str(db), "--backend", "fake"], capsys)
-        assert rc == 2 and one_line(err) and "locked by" in err and f"PID {holder.pid}" in err
-        rc, err, _ = cli("corpus", corpus_main, ["--db", str(db), "stats"], capsys)
-        assert rc == 2 and one_line(err) and "locked" in err
+        for prog, main, argv in (("generate", generate_main, ["--prompts", str(prompts), "--db", str(db), "--backend", "fake"]),
+                                 ("corpus", corpus_main, ["--db", str(db), "sql", "SELECT 1"])):
+            rc, err, _ = cli(prog, main, argv, capsys)
+            notice, gave_up = err.splitlines()
+            assert rc == 2 and "Traceback" not in err
+            assert notice.startswith(f"{db}: locked by ") and f"(PID {holder.pid}); waiting up to 2 s" in notice
+            assert gave_up.startswith(f"{prog}: error: --db {db}: locked by") and f"(PID {holder.pid})" in gave_up
+            assert "for more than 2 s; gave up" in gave_up
     finally:
         holder.kill()
         holder.wait()
@@ -206,8 +212,8 @@ def test_two_tasks_with_one_text_stay_two_prompts(tmp_path, capsys):
     f.write_text(json.dumps(MBPP_71) + "\n" + json.dumps(MBPP_141) + "\n" + json.dumps(MBPP_71) + "\n")
     prompts, repeated = load_prompts(f)
     assert len(prompts) == 2 and repeated == 1
-    # the first keeps the id it always had (corpora built before keep their ids)
-    assert prompts[0].id == Prompt(messages=prompts[0].messages).id
+    # one of them keeps the plain id (of the text alone), as corpora built before have it
+    assert sorted(p.id == Prompt(messages=p.messages).id for p in prompts) == [False, True]
     assert {p.meta["task_id"] for p in prompts} == {71, 141}
     db = tmp_path / "c.duckdb"
     argv = ["--prompts", str(f), "--db", str(db), "--backend", "fake", "--n", "1", "--no-progress"]
@@ -235,3 +241,51 @@ def test_a_later_file_with_the_same_text_for_another_task_is_kept_apart(tmp_path
     metas = sorted(json.loads(r["meta"])["task_id"] for r in c.query("SELECT meta FROM prompts"))
     assert metas == [71, 141]
     assert c.query("SELECT count(DISTINCT prompt_id) AS n FROM generations")[0]["n"] == 2
+
+
+def _prompt_ids(db):
+    c = Corpus(db)
+    try:
+        rows = c.query("SELECT id, meta FROM prompts")
+        gens = c.query("SELECT count(*) AS n FROM generations")[0]["n"]
+    finally:
+        c.close()
+    return {json.loads(r["meta"])["task_id"]: r["id"] for r in rows}, gens
+
+
+def test_a_prompts_id_does_not_depend_on_its_place_in_the_file(tmp_path, capsys):
+    """Issue 20: the same MBPP file reversed added a third prompt and a third candidate."""
+    fwd, rev = tmp_path / "fwd.jsonl", tmp_path / "rev.jsonl"
+    fwd.write_text(json.dumps(MBPP_71) + "\n" + json.dumps(MBPP_141) + "\n")
+    rev.write_text(json.dumps(MBPP_141) + "\n" + json.dumps(MBPP_71) + "\n")
+    # without a corpus, both orders give the same ids
+    ids = lambda f: {p.meta["task_id"]: p.id for p in load_prompts(f)[0]}  # noqa: E731
+    assert ids(fwd) == ids(rev) and len(set(ids(fwd).values())) == 2
+    # into a corpus: the same file forward then reversed (and reversed first into another corpus)
+    first = None
+    for name, order in (("a.duckdb", (fwd, rev, fwd)), ("b.duckdb", (rev, fwd))):
+        db = tmp_path / name
+        for f in order:
+            rc, err, _ = cli("generate", generate_main, ["--prompts", str(f), "--db", str(db), "--backend", "fake",
+                                                         "--n", "1", "--no-progress"], capsys)
+            assert rc == 0, err
+            got, gens = _prompt_ids(db)
+            assert len(got) == 2 and gens == 2, (name, f.name, got, gens)
+        first = first or got
+        assert got == first  # the same ids in both corpora, whichever order came first
+
+
+def test_the_corpus_decides_who_keeps_the_plain_id(tmp_path, capsys):
+    """141 alone came first into this corpus, so it owns the plain id; a later file holding both
+    (in either order) keeps it there instead of moving it and adding a row."""
+    alone, both = tmp_path / "141.jsonl", tmp_path / "both.jsonl"
+    alone.write_text(json.dumps(MBPP_141) + "\n")
+    both.write_text(json.dumps(MBPP_71) + "\n" + json.dumps(MBPP_141) + "\n")
+    db = tmp_path / "c.duckdb"
+    for f in (alone, both):
+        rc, err, _ = cli("generate", generate_main, ["--prompts", str(f), "--db", str(db), "--backend", "fake",
+                                                     "--n", "1", "--no-progress"], capsys)
+        assert rc == 0, err
+    got, gens = _prompt_ids(db)
+    assert gens == 2 and got[141] == Prompt(messages=[{"role": "user", "content": MBPP_141["prompt"]}]).id
+    assert got[71] != got[141]

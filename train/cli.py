@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from backends import BackendError, add_backend_args, backend_from_args
@@ -67,7 +68,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     # resolve: eval's own --model (the model to measure) and --batch-size replace the backend flags' ones
-    p = sub.add_parser("eval", help="held-out pass rates (trained / held-out check types) with 95% CIs, length, win rate; rm accuracy",
+    p = sub.add_parser("eval", help="held-out pass rates (trained / held-out check types) with 95%% CIs, length, win rate; rm accuracy",
                        conflict_handler="resolve")
     add_backend_args(p)  # how the model's replies are generated: hf (default), vllm, or openai
     p.add_argument("--served-model", default=None, help="openai backend: the name the server serves the base model under "
@@ -126,9 +127,27 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def check_args(args) -> None:  # noqa: ANN001
+    """Flags checked before anything opens the corpus: a refused command writes no row (not even
+    the base model's registry row) and trains no step."""
+    steps = getattr(args, "max_steps", -1)
+    if steps is not None and steps != -1 and steps < 1:
+        raise UserError(f"--max-steps {steps}: give a positive number of steps, or leave it out to let --epochs decide")
+    if getattr(args, "save_steps", 1) < 1:
+        raise UserError(f"--save-steps {args.save_steps}: give a positive number of steps, e.g. 50")
+    out = getattr(args, "out", None)
+    if args.cmd in ("sft", "rm", "dpo", "grpo") and out is not None:
+        path = Path(out).expanduser()
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out {out}: exists and is not a folder; give a new folder for the trained model")
+        if not path.exists() and path.parent.exists() and not path.parent.is_dir():
+            raise UserError(f"--out {out}: {path.parent} is not a folder")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    check_args(args)
     if args.cmd in ("sft", "rm", "dpo"):
         return _train(args, argv)
     if args.cmd == "prompts":
