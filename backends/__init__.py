@@ -82,6 +82,29 @@ def add_backend_args(parser: Any, prefix: str = "", default: str = "hf") -> None
     parser.add_argument(f"{p}max-prompt-bytes", type=int, default=DEFAULT_MAX_PROMPT_BYTES,
                         help=f"a larger prompt is not sent, only recorded as a failure with its size (UTF-8 bytes; "
                              f"0: no limit; default {DEFAULT_MAX_PROMPT_BYTES:,})")
+    _add_paid_api_args(parser, p)
+
+
+def _add_paid_api_args(parser: Any, p: str) -> None:
+    """Batch mode, client-side rate limits and cost (openai backend; docs/howto/batch.md)."""
+    g = parser.add_argument_group(f"paid APIs ({p}backend openai)")
+    g.add_argument(f"{p}batch", action="store_true",
+                   help="send through the provider's Batch API (half price, answers within its window); a rerun "
+                        "reattaches to its batches and never submits a request twice")
+    g.add_argument(f"{p}no-wait", action="store_true",
+                   help="with --batch: submit, print a status line and exit 0; the same command run later collects")
+    g.add_argument(f"{p}batch-poll", type=float, default=30.0, help="seconds between polls of running batches (default 30)")
+    g.add_argument(f"{p}batch-max-requests", type=int, default=50_000,
+                   help="requests per batch file; more are split into several batches (default 50,000)")
+    g.add_argument(f"{p}batch-max-bytes", type=int, default=200 * 1024 * 1024,
+                   help="bytes per batch file (default 200 MiB)")
+    g.add_argument(f"{p}rpm", type=float, default=None, help="requests per minute this client may send (default: no limit)")
+    g.add_argument(f"{p}tpm", type=float, default=None,
+                   help="tokens per minute (prompt + completion, estimated, corrected by usage; default: no limit)")
+    g.add_argument(f"{p}prices", default=None,
+                   help="YAML of USD per million tokens per model: `gpt-4o-mini: {input: 0.15, output: 0.6, batch_discount: 0.5}`")
+    g.add_argument(f"{p}max-cost", type=float, default=None,
+                   help="USD this run may spend (needs --prices); what would go over is not sent, exit 3; rerun to go on")
 
 
 def backend_limits(args: Any, prefix: str = "") -> dict[str, Any]:
@@ -122,6 +145,11 @@ def backend_from_args(args: Any, prefix: str = "") -> Backend:
     name = getattr(args, f"{a}backend")
     model = getattr(args, f"{a}model")
     limits = backend_limits(args, prefix)
+    paid = paid_api_options(args, prefix, model)
+    if name != "openai" and any(paid[k] is not None for k in ("batch", "export_path", "rpm", "tpm", "max_cost")):
+        flag = next(f for f, k in (("batch", "batch"), ("export-batch", "export_path"), ("rpm", "rpm"), ("tpm", "tpm"),
+                                   ("max-cost", "max_cost")) if paid.get(k) is not None)
+        raise BackendError(f"--{prefix}{flag} works with --{prefix}backend openai only; drop it or use the openai backend")
     if name == "openai":
         backend = load_backend(
             name, model,
@@ -129,6 +157,7 @@ def backend_from_args(args: Any, prefix: str = "") -> Backend:
             api_key_env=getattr(args, f"{a}api_key_env"),
             concurrency=getattr(args, f"{a}concurrency"),
             timeout=limits["timeout"],
+            **paid,
         )
     elif name == "hf":
         backend = load_backend(name, model, batch_size=getattr(args, f"{a}batch_size"), device=getattr(args, f"{a}device"),
@@ -137,3 +166,63 @@ def backend_from_args(args: Any, prefix: str = "") -> Backend:
         backend = load_backend(name, model)
     backend.max_prompt_bytes = limits["max_prompt_bytes"]
     return backend
+
+
+def paid_api_options(args: Any, prefix: str = "", model: str | None = None) -> dict[str, Any]:
+    """The checked paid-API flags as OpenAIBackend options (None where not given)."""
+    from .batch import BatchOptions
+    from .pricing import load_prices
+
+    a, p = prefix.replace("-", "_"), f"--{prefix}"
+    get = lambda name, default=None: getattr(args, f"{a}{name}", default)  # noqa: E731
+    for flag, value in (("rpm", get("rpm")), ("tpm", get("tpm")), ("batch-poll", get("batch_poll", 30.0)),
+                        ("batch-max-requests", get("batch_max_requests", 1)), ("batch-max-bytes", get("batch_max_bytes", 1)),
+                        ("max-cost", get("max_cost"))):
+        if value is not None and not value > 0:
+            raise BackendError(f"{p}{flag} {value:g}: must be more than 0")
+    if get("no_wait") and not get("batch"):
+        raise BackendError(f"{p}no-wait only applies to batches: add {p}batch")
+    if get("batch") and get("export_batch"):
+        raise BackendError(f"{p}batch and {p}export-batch: choose one (export writes a file for vllm run-batch)")
+    price = None
+    if get("prices"):
+        prices = load_prices(get("prices"), f"{p}prices")
+        price = prices.get(model or "")
+        if price is None and get("max_cost") is not None:
+            raise BackendError(f"{p}prices {get('prices')}: no price for model {model!r}; add it, e.g. "
+                               f"`{model}: {{input: 0.15, output: 0.6}}`")
+    if get("max_cost") is not None and not get("prices"):
+        raise BackendError(f"{p}max-cost needs prices: add {p}prices FILE (USD per million tokens per model)")
+    batch = None
+    if get("batch"):
+        batch = BatchOptions(poll_s=get("batch_poll", 30.0), max_requests=get("batch_max_requests", 50_000),
+                             max_bytes=get("batch_max_bytes", 200 * 1024 * 1024), wait=not get("no_wait"))
+    return {"batch": batch, "export_path": get("export_batch"), "rpm": get("rpm"), "tpm": get("tpm"),
+            "price": price, "max_cost": get("max_cost")}
+
+
+def report_paid_run(backend: Any, prog: str, pending: int, db: str) -> int | None:
+    """After a stage ran on the openai backend: print the cost line and, for requests still out,
+    what happens next. Returns the exit status this decides (3 at --max-cost, 0 for --no-wait
+    batches still running), or None to let the stage decide."""
+    import sys
+
+    budget = getattr(backend, "budget", None)
+    if budget is None:
+        return None
+    mode = "export" if backend.export_path else "batch" if backend.batch else "online"
+    print(budget.line(backend.model_id) + f" · mode {mode}", file=sys.stderr)
+    if budget.stopped:
+        print(f"{prog}: stopped at --max-cost ${budget.max_cost:g}: {pending} requests not sent; rerun the same "
+              "command to go on (exit status 3)", file=sys.stderr)
+        return 3
+    if pending and backend.export_path:
+        print(f"{prog}: wrote {pending} requests to {backend.export_path}; run them with vllm run-batch, then "
+              f"python -m corpus --db {db} import-batch OUTPUT_FILE, then rerun this command without --export-batch",
+              file=sys.stderr)
+        return 0
+    if pending and backend.batch is not None:
+        print(f"{prog}: {pending} requests in batches still running; see python -m corpus --db {db} batches; "
+              "rerun the same command to collect them", file=sys.stderr)
+        return 0
+    return None

@@ -83,6 +83,9 @@ class Completion(BaseModel):
     # the cache remembers such failures and does not send them again.
     permanent: bool = False
     cached: bool = False
+    # True when no answer exists yet but one is on its way (a batch still running, a request
+    # held back by --max-cost): never saved to the call cache, asked for again on the next run
+    pending: bool = False
 
     @property
     def ok(self) -> bool:

@@ -100,6 +100,9 @@ class CachedBackend(Backend):
         self.hits = 0
         self.misses = 0
         self.saves = 0  # commits to the store: more than one per batch when answers stream in
+        attach = getattr(inner, "attach_store", None)
+        if attach is not None:  # batch mode records its batches beside the calls (backends/batch.py)
+            attach(store, run_id)
 
     @property
     def model_id(self) -> str:
@@ -114,7 +117,7 @@ class CachedBackend(Backend):
             "backend": self.inner.name,
             "model": self.inner.model_id,
             "request": req.model_dump(mode="json"),
-            "response": comp.model_dump(mode="json", exclude={"cached"}),
+            "response": comp.model_dump(mode="json", exclude={"cached", "pending"}),
             "status": "ok" if comp.ok else ("failed_permanent" if comp.permanent else "failed"),
             "error": comp.error,
             "latency_ms": comp.latency_ms,
@@ -146,11 +149,13 @@ class CachedBackend(Backend):
                 rows, mine = [], []
                 for k, comp in results:
                     key = order[k]
-                    rows.append(self._row(key, requests[todo[key][0]], comp))
+                    if not comp.pending:  # no answer yet: nothing to remember
+                        rows.append(self._row(key, requests[todo[key][0]], comp))
                     for i in todo[key]:
                         out[i] = comp
                         mine.append((i, comp))
-                held.save(rows)  # saved before the backend may send anything in their place
+                if rows:
+                    held.save(rows)  # saved before the backend may send anything in their place
                 deliver(mine)
 
             try:

@@ -11,6 +11,11 @@ Why it is built this way:
   cannot be reached at all raises `BackendError`, because then every request would fail.
 - The API key is read from an environment variable and handed to the SDK only; every error
   text is scrubbed of it before it leaves this module (servers have been seen echoing it).
+- `--rpm`/`--tpm` (backends/ratelimit.py) space requests before they are sent; `--batch`
+  (backends/batch.py) sends the same requests through the Batch API instead; `--export-batch`
+  writes them to a file for `vllm run-batch`. Every answer's usage is counted per mode, and
+  priced when a price file is given (backends/pricing.py); `--max-cost` holds back what would
+  go over it.
 - `generate()` is synchronous and runs its own event loop (in a worker thread when the caller
   already has one running), so stages stay plain functions.
 - Answers are delivered as they arrive (group commit): whatever completed while the previous
@@ -34,7 +39,10 @@ import httpx2
 import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from .base import Backend, BackendError, ChatRequest, Completion, Deliver, Progress, TokenLogprob
+from .base import Backend, BackendError, ChatRequest, Completion, Deliver, Progress, TokenLogprob, prompt_bytes
+from .batch import BatchOptions, BatchSender, export_requests
+from .pricing import Budget, Price
+from .ratelimit import RateLimiter
 
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 # Statuses with which servers refuse a `json_schema` response_format they do not support
@@ -121,6 +129,12 @@ class OpenAIBackend(Backend):
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
         max_retry_after_s: float = 120.0,
+        batch: BatchOptions | None = None,
+        export_path: str | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        price: Price | None = None,
+        max_cost: float | None = None,
     ):
         super().__init__(model)
         if concurrency < 1:
@@ -132,7 +146,7 @@ class OpenAIBackend(Backend):
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         self.api_key_env = api_key_env
         key = os.environ.get(api_key_env) if api_key_env else None
-        if not key and base_url is None and "api.openai.com" in self.base_url:
+        if not key and base_url is None and "api.openai.com" in self.base_url and not export_path:
             raise BackendError(
                 f"no API key: set the environment variable {api_key_env} "
                 "(or point --base-url at a local server)"
@@ -150,6 +164,32 @@ class OpenAIBackend(Backend):
         # models do); max_tokens first, because most OpenAI-compatible servers only know that one
         self.max_tokens_key = "max_tokens"
         self._reached = False  # a response ever came back: later refusals are a restart, not a typo
+        self.batch, self.export_path = batch, export_path
+        self.limiter = RateLimiter(rpm, tpm) if (rpm or tpm) else None
+        self.budget = Budget(price, max_cost)
+        self.held_reason: str | None = None
+        self.store: Any = None  # the corpus, for batch mode's ledger (attach_store)
+        self.run_id: str | None = None
+        if export_path:
+            open(export_path, "w", encoding="utf-8").close()  # noqa: SIM115 - each run writes the file anew
+
+    def attach_store(self, store: Any, run_id: str | None) -> None:
+        """Called by CachedBackend: where batch mode records its batches and request keys."""
+        self.store, self.run_id = store, run_id
+
+    def release_spend(self, requests: list[ChatRequest], mode: str) -> None:
+        self.budget.release(*_worst_case(requests), mode)
+
+    def endpoint(self) -> str:
+        return _redact_url(self.base_url)
+
+    def may_spend(self, requests: list[ChatRequest], mode: str) -> bool:
+        """Reserve the worst-case cost of these requests under --max-cost; False when it would go over."""
+        if self.budget.allow(*_worst_case(requests), mode):
+            return True
+        self.held_reason = (f"held back: --max-cost ${self.budget.max_cost:g} reached; "
+                            "rerun the same command to go on with a new budget")
+        return False
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, base_url={_redact_url(self.base_url)!r})"
@@ -215,7 +255,12 @@ class OpenAIBackend(Backend):
 
     async def _create(self, client: openai.AsyncOpenAI, kw: dict[str, Any]) -> Any:
         try:
-            resp = await client.chat.completions.create(**kw)
+            if self.limiter is None:
+                resp = await client.chat.completions.create(**kw)
+            else:  # the raw response carries the x-ratelimit-* headers the limiter adapts to
+                raw = await client.chat.completions.with_raw_response.create(**kw)
+                self.limiter.observe(raw.headers)
+                resp = raw.parse()
         except openai.APIStatusError:
             self._reached = True
             raise
@@ -257,6 +302,8 @@ class OpenAIBackend(Backend):
     def _wait_s(self, attempt: int, exc: BaseException | None) -> float:
         backoff = random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
         after = parse_retry_after(exc.response.headers) if isinstance(exc, openai.APIStatusError) else None
+        if self.limiter is not None and isinstance(exc, openai.APIStatusError):
+            self.limiter.observe(exc.response.headers, after if exc.status_code == 429 else None)
         if after is None:
             return backoff
         # The server said when; a little jitter keeps many clients from returning at once.
@@ -267,6 +314,7 @@ class OpenAIBackend(Backend):
         an answer: the caller frees the slot once the answer is delivered)."""
         t0 = time.perf_counter()
         attempts = 0
+        charged = 0
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.max_retries + 1),
@@ -278,7 +326,13 @@ class OpenAIBackend(Backend):
                     attempts += 1
                     # held per attempt, so a request waiting to retry frees its slot
                     await sem.acquire()
+                    # checked once a slot is free, so the money of answers already back counts
+                    if attempts == 1 and not self.may_spend([req], "online"):
+                        sem.release()
+                        return Completion(finish_reason="error", pending=True, error=self.held_reason), False
                     try:
+                        if self.limiter is not None:
+                            charged = await self.limiter.acquire(req)
                         resp = await self._send(client, req)
                     except BaseException:
                         sem.release()
@@ -286,6 +340,7 @@ class OpenAIBackend(Backend):
         except Unreachable:
             raise
         except Exception as e:  # noqa: BLE001 - every failure of one request becomes its Completion
+            self.release_spend([req], "online")
             permanent = not _is_transient(e)
             reason = self._describe(e)
             if not permanent:
@@ -295,12 +350,16 @@ class OpenAIBackend(Backend):
                 latency_ms=(time.perf_counter() - t0) * 1000,
             ), False
         try:
-            return self._completion(resp, (time.perf_counter() - t0) * 1000), True
+            comp = self._completion(resp, (time.perf_counter() - t0) * 1000)
+            self.release_spend([req], "online")
+            if self.limiter is not None:
+                await self.limiter.settle(req, charged, comp.prompt_tokens, comp.completion_tokens)
+            return comp, True
         except BaseException:
             sem.release()
             raise
 
-    def _completion(self, resp: Any, latency_ms: float) -> Completion:
+    def _completion(self, resp: Any, latency_ms: float, mode: str = "online") -> Completion:
         choice = resp.choices[0]
         logprobs = None
         content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
@@ -313,6 +372,8 @@ class OpenAIBackend(Backend):
                 for t in content
             ]
         usage = resp.usage
+        if usage:
+            self.budget.add(mode, usage.prompt_tokens or 0, usage.completion_tokens or 0)
         return Completion(
             text=choice.message.content or "",
             finish_reason=choice.finish_reason if choice.finish_reason in ("length", "content_filter") else "stop",
@@ -335,6 +396,8 @@ class OpenAIBackend(Backend):
             comp, holding = await self._one(client, sem, req)
             try:
                 progress(1)
+                if self.limiter is not None and self.limiter.note() and hasattr(progress, "note"):
+                    progress.note(self.limiter.note())
                 if saver is not None:
                     await saver.put(i, comp)
             finally:
@@ -357,6 +420,11 @@ class OpenAIBackend(Backend):
             await client.close()
 
     def _generate(self, requests: list[ChatRequest], progress: Progress, deliver: Deliver | None = None) -> list[Completion]:  # type: ignore[override]
+        deliver = deliver or (lambda results: None)
+        if self.export_path:
+            return export_requests(self, requests, deliver)
+        if self.batch is not None:
+            return BatchSender(self, self.batch, self.store, self.run_id).run(requests, progress, deliver)
         try:
             return _run_sync(self._batch(requests, progress, deliver))
         except Unreachable as e:
@@ -368,6 +436,11 @@ class OpenAIBackend(Backend):
             raise BackendError(
                 f"cannot reach {_redact_url(self.base_url)} ({why}): start the server or fix --base-url"
             ) from None
+
+
+def _worst_case(requests: list[ChatRequest]) -> tuple[int, int]:
+    """(prompt, completion) tokens at most: about 4 bytes a token, every reply at its cap."""
+    return sum(max(1, prompt_bytes(r) // 4) for r in requests), sum(r.params.max_new_tokens for r in requests)
 
 
 class _GroupCommit:

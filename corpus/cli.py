@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import duckdb
 
-from . import import_pairs
+from . import batches, import_pairs
 from .errors import ArgumentParser, UserError, is_duckdb_file, missing_table
 from .sqlcheck import one_statement, statements
 from .store import Corpus
@@ -127,6 +127,17 @@ def export(corpus: Corpus, table: str, fmt: str, out: Path, force: bool = False)
     return int(n)
 
 
+def _print_cost(corpus: Corpus, prices_file: str | None) -> None:
+    """Tokens and cost per run; prices are the user's (YAML), read with the backends' own reader."""
+    prices = None
+    if prices_file:
+        prices = batches.load_price_file(prices_file)
+    rows = batches.cost_rows(corpus, prices)
+    if rows:
+        _print_rows(["run", "command", "model", "mode", "calls", "tokens in", "tokens out", "USD"], rows, "table", 1000,
+                    title="cost of the calls each run paid for" + ("" if prices else " (USD: give --prices FILE)"))
+
+
 def _parser() -> ArgumentParser:
     ap = ArgumentParser(prog="corpus", description="Query and export the DuckDB corpus.")
     ap.add_argument("--db", default="corpus.duckdb", help="corpus file (default corpus.duckdb)")
@@ -137,7 +148,9 @@ def _parser() -> ArgumentParser:
     q.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
     q.add_argument("--write", action="store_true",
                    help="run exactly what you wrote (one or more statements) in one transaction, writes allowed")
-    sub.add_parser("stats", help="rows per table and view, runs and models")
+    st = sub.add_parser("stats", help="rows per table and view, runs and models, tokens and cost per run")
+    st.add_argument("--prices", default=None, help="YAML of USD per million tokens per model (see --prices of generate): "
+                    "adds the cost of each run")
     sub.add_parser("tables", help="tables and views with their columns")
     e = sub.add_parser("export", help="write a table or view to a file")
     e.add_argument("table")
@@ -146,6 +159,7 @@ def _parser() -> ArgumentParser:
                    help="the file to write; never the corpus or another DuckDB file, and not an existing file without --force")
     e.add_argument("--force", action="store_true", help="replace --out if it exists (still never a DuckDB file)")
     import_pairs.add_parser(sub)
+    batches.add_parsers(sub)
     return ap
 
 
@@ -159,8 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "import-pairs":
         return import_pairs.run(args, list(sys.argv[1:] if argv is None else argv))
 
-    writes = args.cmd == "sql" and args.write
+    writes = (args.cmd == "sql" and args.write) or args.cmd == "import-batch" or (
+        args.cmd == "batches" and bool(args.cancel or args.forget))
     corpus = Corpus(args.db, create=False, read_only=not writes)
+    if args.cmd in ("batches", "import-batch"):
+        return batches.main(corpus, args)
     if args.cmd == "sql":
         cols, rows = run_sql(corpus, args.query, args.write)
         _print_rows(cols, rows, args.format, args.max_rows)
@@ -178,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if gens:
             _print_rows(list(gens[0]), [tuple(r.values()) for r in gens], "table", 1000, title="generations by model")
+        _print_cost(corpus, args.prices)
     elif args.cmd == "tables":
         rows = corpus.query(
             "SELECT c.table_name, t.table_type, string_agg(c.column_name, ', ' ORDER BY c.ordinal_position) AS columns "

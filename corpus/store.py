@@ -26,6 +26,7 @@ import pyarrow as pa
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from . import schema
+from .batches import BatchLedger
 from .errors import DAMAGED, UserError, damaged, disk_full
 from .ids import canonical_json
 from .provenance import code_version, redact_urls, scrub_argv, scrub_secrets  # noqa: F401  (re-exported)
@@ -59,7 +60,7 @@ def _to_arrow(records: Sequence[Record]) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-class Corpus:
+class Corpus(BatchLedger):
     """A DuckDB corpus file. `Corpus(":memory:")` keeps one connection (tests, scratch)."""
 
     def __init__(

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
-from backends import BackendError, SamplingParams, add_backend_args, add_executor_args, backend_from_args
+from backends import BackendError, SamplingParams, add_backend_args, add_executor_args, backend_from_args, report_paid_run
 from corpus import ArgumentParser, Corpus, UserError
 from corpus.errors import EXIT_STATUS, report_incomplete
 from corpus.call_shards import merge_call_shards
@@ -98,6 +98,9 @@ def _generate_parser() -> ArgumentParser:
                    "call cache as they arrive, candidates per chunk "
                    f"(default 64; {RAY_CHUNK} with --executor ray, whose shards in --work-dir already bound what a kill loses)")
     _sampling_args(p, 0.7, 1.0, 256)
+    p.add_argument("--export-batch", default=None, metavar="FILE",
+                   help="send nothing: write the missing requests to FILE in the format `vllm run-batch` reads "
+                        "(with --backend openai --model NAME); store its output with python -m corpus import-batch")
     add_executor_args(p)
     return p
 
@@ -145,8 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--n {args.n}: give at least 1 candidate per prompt")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be at least 1")
-    if args.chunk_size is None:
-        args.chunk_size = RAY_CHUNK if args.executor == "ray" else 64
+    if args.chunk_size is None:  # a batch holds every request of the run, not one chunk's
+        args.chunk_size = 10**9 if (args.batch or args.export_batch) else RAY_CHUNK if args.executor == "ray" else 64
+    if args.export_batch and not Path(args.export_batch).resolve().parent.is_dir():
+        raise UserError(f"--export-batch {args.export_batch}: folder does not exist; create it first")
     if args.chunk_size < 1:
         raise UserError(f"--chunk-size {args.chunk_size}: must be at least 1")
     if args.executor == "ray" and not args.work_dir:
@@ -176,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if apart:
         print(f"{apart} prompt(s) share their text with a stored prompt of another task (other meta) and were kept "
               "as separate prompts", file=sys.stderr)
-    return report_incomplete("generate", unresolved(summary), int(summary.get("candidates_planned", 0)), "candidates")
+    paid = report_paid_run(backend, "generate", int(summary.get("pending", 0)), args.db)
+    incomplete = report_incomplete("generate", unresolved(summary), int(summary.get("candidates_planned", 0)), "candidates")
+    return incomplete or paid or 0
 
 
 def synth_main(args_list: Sequence[str], argv: Sequence[str]) -> int:

@@ -174,7 +174,7 @@ def run_generate(
         tasks = plan(records, backend, n, params, seed, system)
         have = corpus.existing_ids("generations", [t.generation_id for t in tasks])
         todo = [t for t in tasks if t.generation_id not in have]
-        stats = {"new": 0, "failures": 0, "permanent": 0, "tokens": 0, "prompt_tokens": 0, "fresh_tokens": 0, "model_s": 0.0}
+        stats = {"pending": 0, "new": 0, "failures": 0, "permanent": 0, "tokens": 0, "prompt_tokens": 0, "fresh_tokens": 0, "model_s": 0.0}
         errors: dict[str, int] = {}
         if oversized:
             errors["prompt too large"] = len(oversized)
@@ -186,6 +186,9 @@ def run_generate(
                 stats["model_s"] += time.perf_counter() - t0
                 recs = []
                 for t, c in zip(chunk, comps):
+                    if c.pending:  # in a batch still running, exported, or held back by --max-cost
+                        stats["pending"] += 1
+                        continue
                     recs.append(_record(t, c, backend, gparams, cached.key(t.request), run.id))
                     if c.ok:
                         stats["new"] += 1
@@ -208,7 +211,7 @@ def run_generate(
             "calls_cached": cached.hits, "calls_sent": cached.misses,
             "tokens": stats["tokens"], "prompt_tokens": stats["prompt_tokens"],
             "tokens_per_s": round(stats["fresh_tokens"] / stats["model_s"], 2) if stats["model_s"] and stats["fresh_tokens"] else 0.0,
-            "prompts_too_large": len(oversized),
+            "prompts_too_large": len(oversized), "pending": stats["pending"],
             "failures": stats["failures"] + len(oversized), "failures_permanent": stats["permanent"] + len(oversized),
             "failure_reasons": errors,
             "elapsed_s": round(elapsed, 2), "backend": backend.name, "model": backend.model_id, "run_id": run.id,
@@ -225,6 +228,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     if summary.get("prompts_too_large"):
         t.add_row("prompts too large (not stored)", str(summary["prompts_too_large"]))
     t.add_row("candidates new", str(summary["candidates_new"]))
+    if summary.get("pending"):
+        t.add_row("candidates pending (batch, export, --max-cost)", str(summary["pending"]))
     t.add_row("candidates already there", str(summary["candidates_existing"]))
     t.add_row("calls sent / from cache", f"{summary['calls_sent']} / {summary['calls_cached']}")
     t.add_row("tokens generated", str(summary["tokens"]))

@@ -69,9 +69,12 @@ def ask(backends: list[Backend], tasks: list[LLMTask], retries: int, progress: C
 def to_records(outcomes: list[Outcome], run_id: str) -> tuple[list[Record], dict[str, int]]:
     """Judgments (+ parse_failed flags, + failures for transient errors) and counts by status."""
     recs: list[Record] = []
-    counts = {"ok": 0, "retried": 0, "failed": 0, "transient": 0}
+    counts = {"ok": 0, "retried": 0, "failed": 0, "transient": 0, "pending": 0}
     for o in outcomes:
         f, c = o.task.fields, o.completion
+        if c.pending:  # in a batch still running, or held back by --max-cost: the next run asks again
+            counts["pending"] += 1
+            continue
         if not c.ok and not c.permanent:
             counts["transient"] += 1
             recs.append(Failure(stage="judge", target_id=f["target_id"], error=(c.error or "unknown error")[:500], run_id=run_id))

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from backends import BackendError, add_backend_args, add_executor_args, backend_from_args, backend_limits
+from backends import BackendError, add_backend_args, add_executor_args, backend_from_args, backend_limits, report_paid_run
 from corpus import ArgumentParser, Corpus, UserError
 from corpus.errors import EXIT_STATUS, report_incomplete
 from corpus.call_shards import merge_call_shards
@@ -66,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "add them, or drop --executor ray to use the rubric's judges in this process")
     if args.executor == "ray" and not args.work_dir:
         args.work_dir = f"{args.db}.ray"
+    paid = [f for f in ("batch", "no_wait", "rpm", "tpm", "max_cost") if getattr(args, f"judge_{f}", None)]
+    if paid and not args.judge_backend:  # the rubric's own judges are not the openai backend the flag is for
+        flag = "--judge-" + paid[0].replace("_", "-")
+        raise UserError(f"{flag} applies to the judge named by --judge-backend openai --judge-model NAME; add them")
     corpus = Corpus(args.db, create=False)
     backend = None
     try:
@@ -86,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_summary(summary)
     # 0: every planned judgment stored (parse failures are stored results); 3: backend errors remain
     planned = int(summary.get("judged", 0)) + int(summary.get("transient", 0))
-    return report_incomplete("judge", int(summary.get("transient", 0)), planned, "judge calls")
+    paid = report_paid_run(backend, "judge", int(summary.get("pending", 0)), args.db) if backend is not None else None
+    return report_incomplete("judge", int(summary.get("transient", 0)), planned, "judge calls") or paid or 0
 
 
 def audit_main(argv: Sequence[str]) -> int:

@@ -177,7 +177,7 @@ def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backen
 def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, run_id: str, progress: bool,
            unsafe_exec: bool = False) -> dict[str, Any]:
     counts = {"candidates": len(cands), "judged": 0, "cached": 0, "calls_cached": 0, "ok": 0, "retried": 0,
-              "failed": 0, "transient": 0}
+              "failed": 0, "transient": 0, "pending": 0}
     flags: dict[str, int] = {}
     touched: set[str] = set()
 
@@ -204,8 +204,10 @@ def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, ru
         if by_logprob:
             logprob.check_backends(judges.specs, judges.backends(), by_logprob)
         with progress_display(f"judging {rubric.name} v{rubric.version}", len(llm), progress) as tick:
-            for start in range(0, len(llm), CHUNK):
-                chunk = llm[start : start + CHUNK]
+            # a batch-mode judge gets every request at once: one provider batch, not one per chunk
+            size = len(llm) or 1 if any(getattr(getattr(b, "inner", b), "batch", None) for b in judges.backends()) else CHUNK
+            for start in range(0, len(llm), size):
+                chunk = llm[start : start + size]
                 tasks = [pairwise.task(rubric, judges, f) if rubric.mode != "pointwise" else _pointwise_task(rubric, judges, f)
                          for f in chunk]
                 recs, st = to_records(ask(judges.backends(), tasks, rubric.retries, tick), run_id)

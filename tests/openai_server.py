@@ -160,7 +160,7 @@ class OpenAIServer:
     def start(self) -> "OpenAIServer":
         server = self
 
-        class Handler(_Handler):
+        class Handler(self.handler_base()):  # type: ignore[misc]
             srv = server
 
         self._httpd = _Server(("127.0.0.1", self.port), Handler)
@@ -186,6 +186,10 @@ class OpenAIServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def handler_base(self) -> type:
+        """The request handler class; a subclass serving more endpoints returns its own."""
+        return _Handler
 
     # -- what tests read ---------------------------------------------------------------------
 

@@ -295,6 +295,8 @@ def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
     from .loop import run_loop
     from .report import loop_rounds, report_table
 
+    if getattr(args, "judge_no_wait", False):  # a round cannot go on without the judgments it asked for
+        raise UserError("--judge-no-wait: the loop needs its judgments to go on; drop it (--judge-batch waits for them)")
     corpus = Corpus(args.db)
     out = run_loop(
         corpus, args.prompts, args.rubric, args.rounds, judge=_judge_if_named(args, argv),
