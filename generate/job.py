@@ -178,6 +178,9 @@ def run_generate(
         errors: dict[str, int] = {}
         if oversized:
             errors["prompt too large"] = len(oversized)
+        ahead = getattr(backend, "look_ahead", None)
+        if ahead is not None:  # Ray: replicas answer the next chunks while this one is stored
+            ahead((t.request for t in todo[chunk_size:]), known=corpus.lookup_calls)
         with progress_display("generate", len(todo), progress) as bar, BatchWriter(corpus) as writer:
             for start in range(0, len(todo), chunk_size):
                 chunk = todo[start : start + chunk_size]
