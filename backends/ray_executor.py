@@ -301,6 +301,7 @@ class RayExecutor(Backend):
         import ray
 
         assert self._pool is not None
+        self.session.ensure_alive()  # replicas die with their cluster: starting one would block in Ray
         try:
             ray.kill(self._pool[slot])
         except Exception:  # already gone

@@ -151,18 +151,31 @@ class RaySession:
         """Something came back from the cluster: it is alive."""
         self._last_seen = time.monotonic()
 
-    def check_alive(self) -> None:
-        """A head that does not accept connections for DEAD_AFTER_S is a dead cluster."""
+    def ensure_alive(self) -> None:
+        """Before something that needs the head (starting an actor, after one died): wait while
+        it does not answer, up to DEAD_AFTER_S, instead of blocking inside Ray for its minute."""
+        self._last_seen = time.monotonic()
+        while not self._reachable():
+            self.check_alive()
+            time.sleep(1.0)
+
+    def _reachable(self) -> bool:
         u = urlparse(self._probe if "://" in self._probe else f"x://{self._probe}")
         try:
             socket.create_connection((u.hostname, u.port), timeout=2.0).close()
-            self._last_seen = time.monotonic()
+            return True
         except (OSError, TypeError, ValueError):
-            if time.monotonic() - self._last_seen > DEAD_AFTER_S:
-                self.dead = True
-                raise ClusterError(f"ray: the cluster at {self._probe} stopped answering for {DEAD_AFTER_S:.0f} s; "
-                                   "the run is marked failed: restart the cluster and rerun the same command "
-                                   "(stored answers are kept)") from None
+            return False
+
+    def check_alive(self) -> None:
+        """A head that does not accept connections for DEAD_AFTER_S is a dead cluster."""
+        if self._reachable():
+            self._last_seen = time.monotonic()
+        elif time.monotonic() - self._last_seen > DEAD_AFTER_S:
+            self.dead = True
+            raise ClusterError(f"ray: the cluster at {self._probe} stopped answering for {DEAD_AFTER_S:.0f} s; "
+                               "the run is marked failed: restart the cluster and rerun the same command "
+                               "(stored answers are kept)")
 
     def map(self, fn: Callable[..., Any], args: Sequence[tuple], num_cpus: float = 1.0, max_attempts: int = 3,
             env: dict[str, str] | None = None) -> list[Any]:

@@ -286,3 +286,119 @@ def test_judge_on_ray_needs_a_judge_backend(tmp_path, capsys):
                                        "--executor", "ray", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--executor ray runs the judge given by --judge-backend" in err and len(err.splitlines()) == 1
+
+
+def test_a_part_that_kills_its_replica_every_time_is_recorded_failed_and_exit_3(tmp_path, ray_address, capsys,
+                                                                              monkeypatch):
+    """Every time the request "poison" reaches the server, its replica's process is SIGKILLed.
+    The part holding it is tried 3 times, then its requests are stored as failures naming the
+    part and the cause; every other request is answered; the command exits 3. The replicas are
+    found by the API key, which reaches them through runtime_env only."""
+    mark = secrets.token_hex(8)
+    monkeypatch.setenv("POISON_TEST_KEY", mark)
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["a0", "a1", "poison", "a3", "a4", "a5"]))
+    db, stop = tmp_path / "c.duckdb", threading.Event()
+    kills: list[int] = []
+    with OpenAIServer(latency_s=0.3) as srv:
+        def killer() -> None:
+            seen = 0
+            while not stop.is_set():
+                poison = [r for r in srv.requests if r.prompt == "poison"]
+                if len(poison) > seen:
+                    seen = len(poison)
+                    needle = f"POISON_TEST_KEY={mark}".encode()
+                    for pid in filter(str.isdigit, os.listdir("/proc")):
+                        try:
+                            with open(f"/proc/{pid}/environ", "rb") as fh:
+                                hit = needle in fh.read().split(b"\0") and int(pid) != os.getpid()
+                        except OSError:
+                            continue
+                        if hit:
+                            os.kill(int(pid), signal.SIGKILL)
+                            kills.append(int(pid))
+                time.sleep(0.02)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        try:
+            argv = ["--prompts", str(f), "--db", str(db), "--n", "1", "--backend", "openai", "--model", "echo-model",
+                    "--base-url", srv.base_url, "--api-key-env", "POISON_TEST_KEY", "--max-new-tokens", "4",
+                    "--no-progress", "--executor", "ray", "--ray-address", ray_address, "--ray-workers", "1",
+                    "--ray-batch-size", "2", "--work-dir", str(tmp_path / "work")]
+            rc = run_cli("generate", generate_main, argv)
+        finally:
+            stop.set()
+            t.join()
+        auth = {v for r in srv.requests for k, v in r.headers.items() if k.lower() == "authorization"}
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert sum(r.prompt == "poison" for r in srv.requests) == 3 and len(kills) >= 3
+    assert auth == {f"Bearer {mark}"}  # the key reached the replicas (runtime_env)
+    gave_up = [x for x in err.splitlines() if "failed on its replica 3 times" in x]
+    assert len(gave_up) == 1 and "part p-" in gave_up[0] and "died" in gave_up[0], err
+    failures = table(db, "SELECT error FROM failures")
+    assert len(failures) == 2 and all("failed on its replica 3 times" in e for (e,) in failures)
+    assert len(table(db, "SELECT id FROM generations")) == 4  # the part's other request failed with it
+    for path in [*(tmp_path / "work").rglob("*"), db]:  # the key is in no file the run wrote
+        assert path.is_dir() or mark.encode() not in path.read_bytes()
+
+
+def test_an_http_server_at_the_address_is_refused_quickly(tmp_path, capsys):
+    """Something that is not a Ray head (an HTTP server) listens at --ray-address: one line,
+    exit 2, no corpus (Ray itself would retry "Failed to connect to GCS")."""
+    import http.server
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:  # its access log would share the test's stderr
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, *a: object) -> None:  # the probe hangs up mid-request: not a test failure
+            pass
+
+    httpd = Server(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{httpd.server_address[1]}"
+        with OpenAIServer() as srv:
+            argv = gen_argv(prompts_file(tmp_path, 2), tmp_path / "c.duckdb", srv.base_url, "--executor", "ray",
+                            "--ray-address", address, "--work-dir", str(tmp_path / "work"))
+            rc = run_cli("generate", generate_main, argv)
+    finally:
+        httpd.shutdown()
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and f"--ray-address {address}: something listens there but it is not a Ray head" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "c.duckdb").exists()
+
+
+def test_cluster_dying_mid_job_ends_with_one_line_exit_3_and_the_run_failed(tmp_path):
+    """A cluster of its own, stopped under a running generate: the command ends by itself with
+    exit 3 and a last line naming the cluster, and the run is recorded failed, not running."""
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": str(ROOT)}
+    cluster = LocalCluster(num_cpus=2, env=env)
+    address = cluster.start()
+    db, work = tmp_path / "c.duckdb", tmp_path / "work"
+    try:
+        with OpenAIServer(latency_s=0.5) as srv:
+            argv = gen_argv(prompts_file(tmp_path, 80, "d"), db, srv.base_url, "--executor", "ray", "--ray-address",
+                            address, "--work-dir", str(work), "--ray-batch-size", "4", "--concurrency", "2")
+            child = subprocess.Popen([sys.executable, "-m", "generate", *argv], cwd=ROOT, env={**os.environ, **env},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                while srv.count() < 4:
+                    assert child.poll() is None, child.stderr.read()[-800:]
+                    time.sleep(0.05)
+                cluster.stop()
+                rc = child.wait(timeout=120)  # the test's bound; the command's own is DEAD_AFTER_S
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+            err = child.stderr.read().strip().splitlines()
+    finally:
+        cluster.stop()
+    assert rc == 3, err[-5:]
+    assert "the cluster at" in err[-1] and "stopped answering" in err[-1], err[-5:]
+    assert len(err) == 1, err  # not Ray's pages of C++ log
+    assert table(db, "SELECT status FROM runs WHERE command = 'generate'") == [("failed",)]
