@@ -402,3 +402,45 @@ def test_cluster_dying_mid_job_ends_with_one_line_exit_3_and_the_run_failed(tmp_
     assert "the cluster at" in err[-1] and "stopped answering" in err[-1], err[-5:]
     assert len(err) == 1, err  # not Ray's pages of C++ log
     assert table(db, "SELECT status FROM runs WHERE command = 'generate'") == [("failed",)]
+
+
+def test_driver_killed_while_its_cluster_starts_stops_the_start(tmp_path):
+    """SIGKILL the command while `ray start` is still starting its private cluster: the start is
+    abandoned (its address file never appears) and none of its processes is left."""
+    import shutil
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # Ray's socket paths must stay short
+    mark = secrets.token_hex(8)
+    env = {**os.environ, "RLAIF_TEST_MARK": mark, "TMPDIR": str(short)}
+    for k in (*AUTH, "RAY_ADDRESS"):
+        env.pop(k, None)
+    argv = gen_argv(prompts_file(tmp_path, 2), tmp_path / "c.duckdb", "http://127.0.0.1:9/v1", "--executor", "ray",
+                    "--work-dir", str(tmp_path / "work"))
+    try:
+        with OpenAIServer() as srv:
+            argv[argv.index("--base-url") + 1] = srv.base_url
+            child = subprocess.Popen([sys.executable, "-m", "generate", *argv], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 120
+                while not list(short.glob("rlaif-ray-*/ray-start.log")):  # `ray start` is running
+                    assert child.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.02)
+                assert not list(short.glob("rlaif-ray-*/ray_current_cluster")), "the cluster came up first"
+                child.send_signal(signal.SIGKILL)
+                child.wait(timeout=30)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+            came_up = False
+            deadline = time.monotonic() + 60
+            while marked(mark) and time.monotonic() < deadline:
+                came_up = came_up or bool(list(short.glob("rlaif-ray-*/ray_current_cluster")))
+                time.sleep(0.02)
+        assert marked(mark) == [], "Ray processes of the killed command are still running"
+        assert not came_up, "the cluster finished starting after its driver died"
+        assert srv.count() == 0
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
