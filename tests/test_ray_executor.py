@@ -25,13 +25,14 @@ pytest.importorskip("ray")
 
 from backends import ChatRequest, SamplingParams  # noqa: E402
 from backends.ray_cluster import LocalCluster  # noqa: E402
-from backends.ray_executor import RayExecutor, _use_token  # noqa: E402
+from backends.ray_executor import RayExecutor  # noqa: E402
 from corpus import Corpus, run_cli  # noqa: E402
 from corpus.call_shards import merge_call_shards  # noqa: E402
 from generate.cli import main as generate_main  # noqa: E402
 from generate.job import run_generate  # noqa: E402
 from judge.cli import main as judge_main  # noqa: E402
 from openai_server import OpenAIServer  # noqa: E402
+from ray_helpers import module_cluster, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
@@ -40,15 +41,8 @@ AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 @pytest.fixture(scope="module")
 def ray_address():
     """A local cluster for the module: 3 logical CPUs (2 replicas + the driver's own tasks)."""
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": str(ROOT)}
-    cluster = LocalCluster(num_cpus=3, env=env)
-    address = cluster.start()
-    before = _use_token({k: env[k] for k in AUTH})
-    try:
+    with module_cluster(num_cpus=3) as address:
         yield address
-    finally:
-        cluster.stop()
-        _use_token(before)
 
 
 def prompts_file(tmp_path: Path, n: int, tag: str = "p") -> Path:
@@ -84,15 +78,6 @@ def wait_none_marked(mark: str, timeout_s: float = 60) -> list[int]:
     while (left := marked(mark)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
-
-
-def table(db: Path, sql: str) -> list[tuple]:
-    c = Corpus(db, create=False)
-    try:
-        with c.connect() as con:
-            return con.execute(sql).fetchall()
-    finally:
-        c.close()
 
 
 CALLS = "SELECT key, backend, model, request, json_remove(response, '$.latency_ms'), status, error FROM calls ORDER BY key"

@@ -22,33 +22,22 @@ pytest.importorskip("ray")
 pytest.importorskip("moto")
 boto3 = pytest.importorskip("boto3")
 
-from backends.ray_cluster import LocalCluster  # noqa: E402
-from backends.ray_executor import SHARD_SCHEMA, _use_token  # noqa: E402
+from backends.ray_executor import SHARD_SCHEMA  # noqa: E402
 from corpus import Corpus, run_cli  # noqa: E402
 from corpus.call_shards import merge_call_shards  # noqa: E402
 from generate.cli import main as generate_main  # noqa: E402
 from judge.cli import main as judge_main  # noqa: E402
 from openai_server import OpenAIServer  # noqa: E402
+from ray_helpers import module_cluster, table  # noqa: E402
 from test_judge_helpers import add_candidates  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 
 
 @pytest.fixture(scope="module")
 def ray_address():
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": str(ROOT)}
-    for k in list(os.environ):  # no credential reaches the cluster's processes from here
-        if k.startswith("AWS_"):
-            env[k] = ""
-    cluster = LocalCluster(num_cpus=3, env=env)
-    address = cluster.start()
-    before = _use_token({k: env[k] for k in AUTH})
-    try:
+    """Started with every AWS_ variable blanked: no credential reaches the cluster from here."""
+    with module_cluster(num_cpus=3, **{k: "" for k in os.environ if k.startswith("AWS_")}) as address:
         yield address
-    finally:
-        cluster.stop()
-        _use_token(before)
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +80,6 @@ def objects(s3, bucket: str) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
 
 
-def rows(db: Path, sql: str) -> list[tuple]:
-    c = Corpus(db, create=False)
-    try:
-        with c.connect() as con:
-            return con.execute(sql).fetchall()
-    finally:
-        c.close()
-
-
 def test_generate_with_the_work_dir_on_s3_matches_local_and_leaves_no_secret(tmp_path, ray_address, bucket):
     """The same rows as the local path; the bucket is empty afterwards (every part pruned once
     the corpus held it); neither the S3 secret nor the API key is in the corpus or the bucket."""
@@ -122,7 +102,7 @@ def test_generate_with_the_work_dir_on_s3_matches_local_and_leaves_no_secret(tmp
     finally:
         del os.environ["STORAGE_TEST_API_KEY"]
     q = "SELECT prompt_id, sample_idx, response, call_key FROM generations ORDER BY ALL"
-    assert rows(tmp_path / "local.duckdb", q) == rows(tmp_path / "s3.duckdb", q) and len(rows(tmp_path / "s3.duckdb", q)) == 20
+    assert table(tmp_path / "local.duckdb", q) == table(tmp_path / "s3.duckdb", q) and len(table(tmp_path / "s3.duckdb", q)) == 20
     assert auth == {f"Bearer {api_key}"}  # the replicas had the key: runtime_env, not their own environment
     left = objects(s3, name)
     assert any(k.startswith("run1/results") for k in left)  # the run wrote here (its folder markers stay)
@@ -193,6 +173,6 @@ def test_verifier_only_rubric_on_ray_needs_no_judge_backend_and_runs_off_the_dri
     assert run_cli("judge", judge_main, [*base, "--db", str(dbs[1]), "--executor", "ray", "--ray-address", ray_address,
                                          "--work-dir", str(tmp_path / "work")]) == 0
     q = "SELECT target_id, criterion, score, parse_status FROM judgments ORDER BY ALL"
-    local, on_ray = rows(dbs[0], q), rows(dbs[1], q)
+    local, on_ray = table(dbs[0], q), table(dbs[1], q)
     assert local == on_ray and len(on_ray) == 32
     assert {s for _, c, s, _ in on_ray if c == "correctness"} == {0.0, 1.0}
