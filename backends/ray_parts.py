@@ -175,7 +175,10 @@ class ShardIndex:
         hits = index.filter(pc.and_(pc.is_in(index["key"], value_set=wanted), pc.not_equal(index["status"], "failed")))
         out: dict[str, Completion] = {}
         for path in sorted(set(hits["file"].to_pylist())):
-            t = pq.read_table(path, columns=["key", "status", "response"], filesystem=self.fs)
+            try:
+                t = pq.read_table(path, columns=["key", "status", "response"], filesystem=self.fs)
+            except FileNotFoundError:  # pruned since (its part was sent again and landed): not needed
+                continue
             t = t.filter(pc.and_(pc.is_in(t["key"], value_set=wanted), pc.not_equal(t["status"], "failed")))
             for k, resp in zip(t["key"].to_pylist(), t["response"].to_pylist()):
                 out.setdefault(k, Completion.model_validate_json(resp))
