@@ -429,3 +429,27 @@ def test_driver_killed_while_its_cluster_starts_stops_the_start(tmp_path):
         assert srv.count() == 0
     finally:
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_look_ahead_replicas_start_the_next_chunk_before_it_is_asked(tmp_path, ray_address):
+    """No barrier per chunk: once the first chunk's parts are out, replicas with room take parts
+    of the announced next chunk, which reach the server while the driver has not asked for
+    them yet; asking then sends nothing twice."""
+    reqs = [ChatRequest(messages=[{"role": "user", "content": f"c{i}"}], params=SamplingParams(max_new_tokens=4))
+            for i in range(16)]
+    with OpenAIServer(latency_s=0.3) as srv:
+        ex = RayExecutor("openai", "echo-model", {"base_url": srv.base_url, "concurrency": 2},
+                         work_dir=str(tmp_path / "work"), address=ray_address, workers=2, batch_size=2)
+        try:
+            ex.look_ahead(reqs[4:])
+            first = ex.generate(reqs[:4])
+            deadline = time.monotonic() + 60
+            while not any(r.prompt in {f"c{i}" for i in range(4, 16)} for r in srv.requests):
+                assert time.monotonic() < deadline, "nothing of the next chunk was sent before it was asked"
+                time.sleep(0.05)
+            rest = ex.generate(reqs[4:])
+        finally:
+            ex.close()
+        prompts = [r.prompt for r in srv.requests]
+    assert [c.text for c in first + rest] == [f"echo: c{i}" for i in range(16)]
+    assert sorted(prompts) == sorted(f"c{i}" for i in range(16))  # each sent once
