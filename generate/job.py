@@ -172,7 +172,10 @@ def run_generate(
         prompts_new = corpus.insert(stamped)
         del stamped  # the records are held once
         corpus.insert(oversized)
-        cached = CachedBackend(backend, corpus, run.id)
+        ahead = getattr(backend, "look_ahead", None)
+        # Ray delivers a part at a time, so no need to hold the connection between saves; and the
+        # look-ahead's cache lookups share that connection, which a held session's timer thread closes
+        cached = CachedBackend(backend, corpus, run.id, **({"hold_s": 0.0} if ahead is not None else {}))
         # The plan streams: tasks are built a block of prompts at a time and dropped once stored;
         # the whole job holds only the prompts and the ids already stored (a few GB at 1M otherwise)
         per = max(1, chunk_size // n)
@@ -191,7 +194,6 @@ def run_generate(
         errors: dict[str, int] = {}
         if oversized:
             errors["prompt too large"] = len(oversized)
-        ahead = getattr(backend, "look_ahead", None)
         if ahead is not None:  # Ray: replicas answer the next chunks while this one is stored
             ahead(itertools.islice((t.request for t in todo()), chunk_size, None), known=corpus.lookup_calls)
         stream = todo()

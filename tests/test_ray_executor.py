@@ -98,7 +98,9 @@ def test_ray_path_gives_the_same_calls_generations_and_judgments(tmp_path, ray_a
         with monkeypatch.context() as m:
             m.setenv("RLAIF_TEST_MARK", mark)  # inherited by the cluster's supervisor and every Ray process
             m.delenv("RAY_ADDRESS", raising=False)
-            assert run_cli("generate", generate_main, gen_argv(prompts, on_ray, srv.base_url, *ray_flags)) == 0
+            # chunks of 8: the job announces the rest ahead (look_ahead), checked against the call cache
+            assert run_cli("generate", generate_main, gen_argv(prompts, on_ray, srv.base_url, *ray_flags,
+                                                               "--chunk-size", "8")) == 0
         assert marked(mark) == [], "Ray processes outlived the command"
         judge = ["--rubric", str(ROOT / "prompts/helpfulness.yaml"), "--judge-backend", "openai", "--judge-model",
                  "echo-model", "--judge-base-url", srv.base_url, "--quiet"]
@@ -185,7 +187,7 @@ def test_sigkill_driver_then_rerun_each_key_once_and_no_ray_process_left(tmp_pat
         env.pop(k, None)
     with OpenAIServer(latency_s=0.1) as srv:
         argv = gen_argv(prompts, db, srv.base_url, "--executor", "ray", "--work-dir", str(work), "--ray-workers", "2",
-                        "--ray-batch-size", "6", "--concurrency", "2")
+                        "--ray-batch-size", "6", "--concurrency", "2", "--chunk-size", "24")
         child = subprocess.Popen([sys.executable, "-m", "generate", *argv], cwd=ROOT, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 240
