@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -136,6 +137,12 @@ def _reap() -> None:
             return
 
 
+def _closed(fd: int) -> bool:
+    """Whether the driver's end of the pipe is closed (the driver exited), without blocking."""
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable) and not os.read(fd, 4096)
+
+
 def supervise(cfg: dict) -> int:
     """The supervisor's body (runs in its own session, see the module docstring)."""
     sid = os.getpid()
@@ -154,6 +161,8 @@ def supervise(cfg: dict) -> int:
         address_file = os.path.join(tmp, "ray_current_cluster")
         deadline = time.monotonic() + float(cfg["timeout"])
         while not os.path.exists(address_file):
+            if _closed(cfg["fd"]):  # the driver died while the cluster started: stop now, not once it is up
+                return 1
             if ray_start.poll() is not None or time.monotonic() > deadline:
                 log.flush()
                 with open(log.name) as f:

@@ -2,53 +2,47 @@
 
 Stages, the call cache and the corpus do not change: the stage plans as it always does and hands
 its cache misses to `generate`, which
-1. answers what complete result shards in the work dir already hold (a rerun after a kill);
-2. writes the rest as Parquet parts of `batch_size` requests under `<work_dir>/requests/<job>/`;
-3. hands the parts to `workers` Ray actors (`Replica`), each of which built the inner backend
-   once for the whole command (one model, one vLLM engine or one HTTP client per replica), so our
-   retries, permanent failures and `Completion` records are exactly those of one process;
-4. each part becomes one shard `<work_dir>/results/<part>.parquet` whose columns are those of
-   the corpus' `calls` table, written to a temp name and renamed: only complete shards exist,
-   and a call Ray retries (its replica died) finds its shard and sends nothing;
-5. reads the completions back from the shards by call key, in the caller's order.
+1. answers what the work dir's shards from before already hold (a killed run's);
+2. writes the rest as Parquet parts of `batch_size` requests (backends/ray_parts.py);
+3. streams the parts to `workers` Ray actors (`Replica`), each of which built the inner backend
+   once for the whole command: a replica gets its next part as soon as one of its two frees up,
+   and each part's answers are delivered (so the call cache stores them) as its shard lands;
+4. while the caller's own parts finish, replicas with room start on the parts `look_ahead`
+   announced (the job's next chunks): a chunk is not a barrier, the driver stores one chunk
+   while the replicas answer the next;
+5. a part whose replica fails (an exception, a dead process) is sent again, at most
+   `max_attempts` times in all; then its requests are recorded as transient failures with
+   the cause and the job ends incomplete (exit 3). A cluster that stops answering ends the
+   call with `ClusterError` within `DEAD_AFTER_S`.
 
 Why actors and not Ray Data `map_batches`: a stage calls `generate` many times (the judge once
 per 256 judgments and once per retry round); Ray Data starts a new actor pool, hence new
 processes and a new model load per replica, on every call (a 60-request call measured here at
-load 11: 59 s with `map_batches`, 2.0 s on warm actors), and its fused read->map handed all
-parts of a call to one actor. Parquet in, Parquet out is kept.
+load 11: 59 s with `map_batches`, 2.0 s on warm actors).
 
-A SIGKILLed driver loses at most the part each replica was sending. `corpus.call_shards`
-merges the shards into `calls` with one DuckDB statement (the fast path for millions of rows).
+A SIGKILLed driver loses at most the parts in flight. `corpus.call_shards` merges the shards
+into `calls` with one DuckDB statement and prunes them; parts whose answers the caller has
+stored are pruned at the next call, so the work dir does not grow with the job.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
+import collections
 import math
 import os
-import secrets
-import socket
-import uuid
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+import sys
+from typing import Any, Callable, Collection, Iterable, Iterator
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
-
-from .base import Backend, BackendError, ChatRequest, Completion, Progress, canonical_json, request_key
+from .base import Backend, BackendError, ChatRequest, Completion, Deliver, Progress, canonical_json, request_key
 from .embedded import EMBEDDED_NAME
+from .ray_parts import (REQUEST_SCHEMA, SHARD_SCHEMA, Replica, ShardIndex, check_writable, open_work_dir,  # noqa: F401
+                        read_shard, remove_part, write_failed_shard, write_part)
+from .ray_session import WAIT_S, ClusterError, RaySession, cause, check_address, use_token, worker_env  # noqa: F401
+
+_use_token = use_token  # the name bench/scale.py and the tests know
 
 IN_FLIGHT = 2  # parts queued per replica: one being sent, one ready to start
-SHARD_SCHEMA = pa.schema([
-    ("key", pa.string()), ("backend", pa.string()), ("model", pa.string()), ("request", pa.string()),
-    ("response", pa.string()), ("status", pa.string()), ("error", pa.string()), ("latency_ms", pa.float64()),
-])
-REQUEST_SCHEMA = pa.schema([("key", pa.string()), ("part", pa.string()), ("request", pa.string())])
+MAX_ATTEMPTS = 3  # a part that fails its replica this many times is recorded as failed
 
 
 def inner_model_id(name: str, model: str | None) -> str:
@@ -73,137 +67,6 @@ def _backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(f"{__package__}.{mod}"), cls)
 
 
-def open_work_dir(work_dir: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, root path) for a local folder or any pyarrow URI (s3://, gs://, hdfs://)."""
-    uri = work_dir if "://" in work_dir else os.path.abspath(os.path.expanduser(work_dir))
-    try:
-        fs, root = pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowException, ValueError, OSError) as e:
-        raise BackendError(f"--work-dir {work_dir}: {e}; give a folder or a URI such as s3://bucket/run") from None
-    return fs, root.rstrip("/")
-
-
-def check_writable(fs: pafs.FileSystem, root: str, work_dir: str) -> None:
-    probe = f"{root}/results/.probe-{uuid.uuid4().hex}"
-    try:
-        fs.create_dir(f"{root}/results", recursive=True)
-        with fs.open_output_stream(probe) as f:
-            f.write(b"ok")
-        fs.delete_file(probe)
-    except (OSError, pa.ArrowException) as e:
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
-        raise BackendError(f"--work-dir {work_dir}: cannot write there ({reason}); give a folder this user can "
-                           "write, on storage every Ray node sees") from None
-
-
-def check_address(address: str) -> None:
-    """Fail in a second, not after Ray's minute of retries, when nothing listens at host:port."""
-    if address == "auto":
-        return
-    u = urlparse(address if "://" in address else f"ray://{address}")
-    try:
-        port = u.port
-    except ValueError:
-        port = None
-    if not u.hostname or not port:
-        raise BackendError(f"--ray-address {address}: give host:port (e.g. 10.0.0.5:6379), ray://host:10001 or auto")
-    try:
-        socket.create_connection((u.hostname, port), timeout=5).close()
-    except OSError as e:
-        raise BackendError(f"--ray-address {address}: cannot connect ({e.strerror or e}); start the cluster "
-                           "(`ray start --head`) or fix the address") from None
-
-
-def digest(keys: list[str]) -> str:
-    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-
-
-def _status(c: Completion) -> str:
-    return "ok" if c.ok else ("failed_permanent" if c.permanent else "failed")
-
-
-class Replica:
-    """One Ray actor: builds the inner backend once, then turns request parts into result shards."""
-
-    def __init__(self, name: str, model: str | None, options: dict[str, Any], work_dir: str, model_id: str):
-        from . import load_backend
-
-        self.backend = load_backend(name, model, **options)
-        if self.backend.model_id != model_id:
-            raise BackendError(f"{name} on this node records model {self.backend.model_id!r}, the driver {model_id!r}")
-        self.fs, self.root = open_work_dir(work_dir)
-
-    def run(self, part: str) -> int:
-        """Answer `requests/<job>/<part>.parquet` into `results/<part>.parquet`; return its rows."""
-        path = f"{self.root}/results/{part}.parquet"
-        info = self.fs.get_file_info(path)
-        if info.type == pafs.FileType.File:  # a retried call whose shard was written: send nothing
-            return pq.read_metadata(path, filesystem=self.fs).num_rows
-        rows = pq.read_table(f"{self.root}/requests/{part.rsplit('-', 1)[0]}/{part}.parquet", filesystem=self.fs)
-        keys, requests = rows["key"].to_pylist(), rows["request"].to_pylist()
-        comps = self.backend.generate([ChatRequest.model_validate_json(r) for r in requests])
-        table = pa.table({
-            "key": keys, "backend": [self.backend.name] * len(keys), "model": [self.backend.model_id] * len(keys),
-            "request": requests, "response": [canonical_json(c.model_dump(mode="json", exclude={"cached"})) for c in comps],
-            "status": [_status(c) for c in comps], "error": [c.error for c in comps],
-            "latency_ms": [c.latency_ms for c in comps],
-        }, schema=SHARD_SCHEMA)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        pq.write_table(table, tmp, filesystem=self.fs)
-        self.fs.move(tmp, path)  # a rename: readers see a complete shard or none
-        return len(keys)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def close(self) -> None:
-        self.backend.close()
-
-
-class ShardIndex:
-    """Which call keys the complete shards in `<root>/results` hold, read once per shard."""
-
-    def __init__(self, fs: pafs.FileSystem, root: str):
-        self.fs, self.dir = fs, f"{root}/results"
-        self.seen: set[str] = set()
-        self.index = pa.table({"key": pa.array([], pa.string()), "status": pa.array([], pa.string()),
-                               "file": pa.array([], pa.string())})
-
-    def refresh(self) -> None:
-        infos = self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True))
-        new = sorted(i.path for i in infos if i.path.endswith(".parquet") and i.path not in self.seen)
-        parts = [self.index]
-        for path in new:
-            t = pq.read_table(path, columns=["key", "status"], filesystem=self.fs)
-            parts.append(t.append_column("file", pa.array([path] * t.num_rows, pa.string())))
-            self.seen.add(path)
-        if new:
-            self.index = pa.concat_tables(parts)
-
-    def lookup(self, keys: list[str], with_failed: bool) -> dict[str, Completion]:
-        """Completions for `keys` found in shards; transient failures only if `with_failed`
-        (a resume sends those again, as the call cache does); a success wins over a failure."""
-        self.refresh()
-        if not keys or self.index.num_rows == 0:
-            return {}
-        mask = pc.is_in(self.index["key"], value_set=pa.array(keys, pa.string()))
-        if not with_failed:
-            mask = pc.and_(mask, pc.not_equal(self.index["status"], "failed"))
-        hits = self.index.filter(mask)
-        wanted = pa.array(keys, pa.string())
-        out: dict[str, Completion] = {}
-        for path in sorted(set(hits["file"].to_pylist())):
-            t = pq.read_table(path, columns=["key", "status", "response"], filesystem=self.fs)
-            t = t.filter(pc.is_in(t["key"], value_set=wanted))
-            for k, status, resp in zip(t["key"].to_pylist(), t["status"].to_pylist(), t["response"].to_pylist()):
-                if k in out and (status == "failed" or out[k].ok or out[k].permanent):
-                    continue
-                if status == "failed" and not with_failed:
-                    continue
-                out[k] = Completion.model_validate_json(resp)
-        return out
-
-
 class RayExecutor(Backend):
     """A backend that sends its requests through replicas of an inner backend on Ray.
 
@@ -212,10 +75,11 @@ class RayExecutor(Backend):
     """
 
     name = "ray"
+    streams_results = True
 
     def __init__(self, inner: str, model: str | None = None, options: dict[str, Any] | None = None, *,
                  work_dir: str, address: str | None = None, workers: int = 2, num_cpus_per_worker: float = 1.0,
-                 num_gpus_per_worker: float = 0.0, batch_size: int = 128):
+                 num_gpus_per_worker: float = 0.0, batch_size: int = 128, max_attempts: int = MAX_ATTEMPTS):
         try:
             import ray  # noqa: F401
         except ImportError:
@@ -235,146 +99,242 @@ class RayExecutor(Backend):
         self.work_dir = work_dir if "://" in work_dir else os.path.abspath(os.path.expanduser(work_dir))
         self.fs, self.root = open_work_dir(work_dir)
         check_writable(self.fs, self.root, work_dir)
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
-        if self.address == "local":  # Ray's own local start leaves agents behind on SIGKILL: ours does not
-            self.address = None
-        if self.address:
-            check_address(self.address)
-        self.workers, self.batch_size = workers, batch_size
+        self.session = RaySession(address, num_cpus=math.ceil(workers * num_cpus_per_worker) + 1)
+        self.workers, self.batch_size, self.max_attempts = workers, batch_size, max_attempts
         self.num_cpus, self.num_gpus = num_cpus_per_worker, num_gpus_per_worker
         self.shards = ShardIndex(self.fs, self.root)
-        self.cluster: Any = None
         self._pool: list[Any] | None = None
-        self._connected = False
         self.sent = 0  # requests this executor handed to Ray (not answered from shards)
+        self.given_up: list[str] = []  # one line per part recorded as failed after max_attempts
+        # the dispatcher's state, across calls (a part started for a later call keeps running)
+        self._queue: collections.deque[str] = collections.deque()
+        self._keys_of: dict[str, list[str]] = {}  # part -> its keys, while queued or running
+        self._part_of: dict[str, str] = {}  # key -> its part, while queued or running
+        self._calls: dict[Any, tuple[int, int, str, int]] = {}  # Ray call -> (slot, replica generation, part, order)
+        self._seq = 0
+        self._gen: list[int] = []
+        self._blamed: set[tuple[int, int]] = set()  # dead replicas whose running part was counted
+        self._attempts: collections.Counter[str] = collections.Counter()
+        self._ready: dict[str, Completion] = {}  # answers that landed before their call asked
+        self._landed: list[tuple[str, list[str]]] = []  # parts answered: pruned once the caller stored them
+        self._ahead: Iterator[ChatRequest] | None = None
+        self._known: Callable[[list[str]], Collection[str]] = lambda keys: ()
+
+    def look_ahead(self, requests: Iterable[ChatRequest], known: Callable[[list[str]], Collection[str]] | None = None) -> None:
+        """Requests the caller will ask for after the current call, read lazily: replicas with
+        room start on them, so storing one chunk does not idle the cluster. `known(keys)` gives
+        the keys already answered elsewhere (the call cache), which are not sent."""
+        self._ahead = iter(requests)
+        self._known = known or (lambda keys: ())
 
     # -- the backend interface ---------------------------------------------------------------
 
-    def _generate(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
+    def _generate(self, requests: list[ChatRequest], progress: Progress, deliver: Deliver) -> list[Completion]:
+        self._prune()
         keys = [request_key(self.name, self.model_id, r) for r in requests]
-        first: dict[str, int] = {}
+        where: dict[str, list[int]] = {}
         for i, k in enumerate(keys):
-            first.setdefault(k, i)
-        found = self.shards.lookup(list(first), with_failed=False)
-        progress(sum(1 for k in keys if k in found))
-        missing = [k for k in first if k not in found]
-        if missing:
-            self._run([(k, requests[first[k]]) for k in missing], progress)
-            todo = set(missing)
-            progress(sum(1 for k in keys if k in todo) - len(todo))  # repeats share their first's answer
-            found.update(self.shards.lookup(missing, with_failed=True))
-        lost = [k for k in missing if k not in found]
-        if lost:
-            raise BackendError(f"ray: {len(lost)} requests came back without a result shard (first key {lost[0]})")
-        return [found[k] for k in keys]
+            where.setdefault(k, []).append(i)
+        out: list[Completion | None] = [None] * len(keys)
 
-    def _run(self, todo: list[tuple[str, ChatRequest]], progress: Progress) -> None:
-        """Write the requests as parts, keep every replica busy with at most `IN_FLIGHT` parts
-        (one sending, one queued: a killed driver re-sends at most one part per replica)."""
+        def land(k: str, c: Completion) -> bool:
+            idx = where.get(k)
+            if idx is None or out[idx[0]] is not None:
+                return False
+            for i in idx:
+                out[i] = c
+            deliver([(i, c) for i in idx])
+            progress(len(idx))
+            return True
+
+        for k in [k for k in where if k in self._ready]:
+            land(k, self._ready.pop(k))
+        for k, c in self.shards.lookup([k for k in where if out[where[k][0]] is None and k not in self._part_of]).items():
+            land(k, c)
+        new = [k for k in where if out[where[k][0]] is None and k not in self._part_of]
+        if new:
+            size = max(1, min(self.batch_size, math.ceil(len(new) / self.workers)))  # a small call uses every replica
+            front = [self._add_part([(k, requests[where[k][0]]) for k in new[s : s + size]])
+                     for s in range(0, len(new), size)]
+            self._queue.extendleft(reversed(front))  # needed now: before the parts started ahead
+        left = sum(1 for k in where if out[where[k][0]] is None)
+        while left:
+            self._fill()
+            for part in self._wait():
+                for k, c in read_shard(self.fs, self.root, part):
+                    if land(k, c):
+                        left -= 1
+                    elif k not in where:
+                        self._ready[k] = c
+        return out  # type: ignore[return-value]
+
+    # -- the dispatcher ----------------------------------------------------------------------
+
+    def _add_part(self, todo: list[tuple[str, ChatRequest]]) -> str:
+        keys = [k for k, _ in todo]
+        part = write_part(self.fs, self.root, keys, [canonical_json(r.model_dump(mode="json")) for _, r in todo])
+        self._keys_of[part] = keys
+        for k in keys:
+            self._part_of[k] = part
+        self.sent += len(keys)
+        return part
+
+    def _pull_ahead(self) -> None:
+        """Queue the next look-ahead part, unless answers not yet asked for pile up."""
+        cap = 4 * self.workers * IN_FLIGHT * self.batch_size
+        while self._ahead is not None and not self._queue and len(self._ready) < cap:
+            batch: dict[str, ChatRequest] = {}
+            for r in self._ahead:
+                batch.setdefault(request_key(self.name, self.model_id, r), r)
+                if len(batch) >= self.batch_size:
+                    break
+            else:
+                self._ahead = None  # exhausted
+            known = set(self._known(list(batch))) if batch else set()
+            todo = [(k, r) for k, r in batch.items() if k not in known and k not in self._ready and k not in self._part_of]
+            if todo:
+                self._queue.append(self._add_part(todo))
+
+    def _fill(self) -> None:
+        """Give every replica up to IN_FLIGHT parts, one at a time round the replicas."""
+        pool = self._replicas()
+        load = [0] * len(pool)
+        for slot, gen, _, _ in self._calls.values():
+            load[slot] += gen == self._gen[slot]
+        while True:
+            slot = min(range(len(pool)), key=load.__getitem__)
+            if load[slot] >= IN_FLIGHT:
+                return
+            if not self._queue:
+                self._pull_ahead()
+            if not self._queue:
+                return
+            part = self._queue.popleft()
+            self._seq += 1
+            self._calls[pool[slot].run.remote(part)] = (slot, self._gen[slot], part, self._seq)
+            load[slot] += 1
+
+    def _wait(self) -> list[str]:
+        """Parts that landed (their shard is written); failures are sent again or given up."""
         import ray
 
-        replicas = self._replicas()
-        job = digest(sorted(k for k, _ in todo))
-        folder = f"{self.root}/requests/{job}"
-        self.fs.create_dir(folder, recursive=True)
-        parts = []
-        size = max(1, min(self.batch_size, math.ceil(len(todo) / self.workers)))  # a small call still uses every replica
-        for n, start in enumerate(range(0, len(todo), size)):
-            chunk = todo[start : start + size]
-            part = f"{job}-{n:05d}"
-            path = f"{folder}/{part}.parquet"
-            if self.fs.get_file_info(path).type != pafs.FileType.File:
-                table = pa.table({"key": [k for k, _ in chunk], "part": [part] * len(chunk),
-                                  "request": [canonical_json(r.model_dump(mode="json")) for _, r in chunk]},
-                                 schema=REQUEST_SCHEMA)
-                tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-                pq.write_table(table, tmp, filesystem=self.fs)
-                self.fs.move(tmp, path)
-            parts.append(part)
-        self.sent += len(todo)
-        queue = list(reversed(parts))
-        busy: dict[Any, int] = {}  # call -> replica index
-        load = [0] * len(replicas)
+        if not self._calls:
+            raise BackendError("ray: nothing in flight but answers missing (a part's shard lacks keys it was sent)")
+        refs = list(self._calls)
         try:
-            while queue or busy:
-                for i, r in enumerate(replicas):
-                    while queue and load[i] < IN_FLIGHT:
-                        busy[r.run.remote(queue.pop())] = i
-                        load[i] += 1
-                done, _ = ray.wait(list(busy), num_returns=1)
-                for ref in done:
-                    load[busy.pop(ref)] -= 1
-                    progress(ray.get(ref))
-        except ray.exceptions.RayError as e:  # a replica that cannot start (bad model), a lost cluster
-            raise BackendError(f"ray: {_last_line(e)}") from None
+            done, rest = ray.wait(refs, num_returns=1, timeout=WAIT_S, fetch_local=False)
+            if done and rest:  # whatever else landed meanwhile
+                done += ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)[0]
+        except ray.exceptions.RaySystemError as e:
+            raise ClusterError(f"ray: the cluster failed under the job ({cause(e)})") from None
+        if not done:
+            self.session.check_alive()
+            return []
+        self.session.seen()
+        landed = []
+        for ref in sorted(done, key=lambda r: self._calls[r][3]):  # oldest first: the one a replica was running
+            slot, gen, part, _ = self._calls.pop(ref)
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                if "creation task" in str(e):  # the replica cannot start (a bad model): not the part's fault
+                    raise BackendError(f"ray: a replica could not start: {cause(e)}") from None
+                # a dead replica fails all its calls; only the oldest was running, the rest only queued
+                running = (slot, gen) not in self._blamed
+                self._blamed.add((slot, gen))
+                if gen == self._gen[slot]:
+                    self._replace(slot)
+                if self._retry(part, f"its replica died ({cause(e)})", counted=running):
+                    landed.append(part)
+                continue
+            except ray.exceptions.RayTaskError as e:
+                if self._retry(part, cause(e), counted=True):
+                    landed.append(part)
+                continue
+            except ray.exceptions.RayError as e:
+                self.session.check_alive()
+                raise ClusterError(f"ray: {cause(e)}") from None
+            landed.append(part)
+        for part in landed:
+            keys = self._keys_of.pop(part, [])
+            for k in keys:
+                self._part_of.pop(k, None)
+            self._attempts.pop(part, None)
+            self._landed.append((part, keys))
+        return landed
 
-    def _replicas(self) -> list[Any]:
-        """Start the replicas once: each builds its model or HTTP client once for the whole run.
-        Ray restarts a replica whose process dies and sends its call again (`max_restarts`)."""
-        if self._pool is None:
-            import ray
+    def _retry(self, part: str, why: str, counted: bool) -> bool:
+        """Queue `part` again; after max_attempts failures write its shard as failed instead and
+        return True (it landed, as failures)."""
+        self._attempts[part] += int(counted)
+        if self._attempts[part] < self.max_attempts:
+            self._queue.appendleft(part)
+            return False
+        line = (f"ray: part {part} ({len(self._keys_of.get(part, []))} requests) failed on its replica "
+                f"{self._attempts[part]} times, last: {why}; recorded as failed, a rerun sends it again")
+        self.given_up.append(line)
+        print(line, file=sys.stderr)
+        write_failed_shard(self.fs, self.root, part, line, self.name, self.model_id)
+        return True
 
-            self._connect()
-            actor = ray.remote(Replica).options(
-                num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=-1, max_task_retries=-1)
-            kw = {"name": self.name, "model": self.inner_model, "options": self.options, "work_dir": self.work_dir,
-                  "model_id": self.model_id}
-            self._pool = [actor.remote(**kw) for _ in range(self.workers)]
-        return self._pool
+    def _prune(self) -> None:
+        """Remove the parts whose answers went out in an earlier call (the caller stored them)."""
+        keep = []
+        for part, keys in self._landed:
+            if any(k in self._ready for k in keys):
+                keep.append((part, keys))
+            else:
+                remove_part(self.fs, self.root, part)
+        self._landed = keep
 
-    # -- the cluster -------------------------------------------------------------------------
+    def _spawn(self) -> Any:
+        import ray
+
+        kw = {"name": self.name, "model": self.inner_model, "options": self.options, "work_dir": self.work_dir,
+              "model_id": self.model_id}
+        # no restarts by Ray: the dispatcher replaces a dead replica and counts the attempts itself
+        return ray.remote(Replica).options(
+            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=0, max_task_retries=0,
+            runtime_env={"env_vars": worker_env(self.options.get("api_key_env"))}).remote(**kw)
+
+    def _replace(self, slot: int) -> None:
+        import ray
+
+        assert self._pool is not None
+        self.session.ensure_alive()  # replicas die with their cluster: starting one would block in Ray
+        try:
+            ray.kill(self._pool[slot])
+        except Exception:  # already gone
+            pass
+        self._pool[slot] = self._spawn()
+        self._gen[slot] += 1
 
     def _connect(self) -> None:
-        if self._connected:
-            return
-        import ray
+        self.session.connect()
 
-        from .ray_cluster import LocalCluster
-
-        logging.getLogger("ray").setLevel(logging.WARNING)
-        address = self.address
-        env: dict[str, str] = {}
-        if not ray.is_initialized():
-            if not address:
-                # A token of our own: nobody else can use this cluster while it runs.
-                env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-                root = str(Path(__file__).resolve().parent.parent)  # workers import our code, not another copy
-                env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
-                cpus = max(os.cpu_count() or 1, math.ceil(self.workers * self.num_cpus) + 1)
-                self.cluster = LocalCluster(num_cpus=cpus, env=env)
-                try:
-                    address = self.cluster.start()
-                except RuntimeError as e:
-                    self.cluster = None
-                    raise BackendError(str(e)) from None
-                self._env_before = _use_token({k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
-            try:
-                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                         configure_logging=True)
-            except Exception as e:
-                self.close()
-                raise BackendError(f"--ray-address {address}: cannot join the Ray cluster ({_last_line(e)})") from None
-            self._owns_ray = True
-        self._connected = True
+    @property
+    def _dead(self) -> bool:
+        return self.session.dead
 
     def close(self) -> None:
-        if self._pool is not None:
+        if self._pool is not None and not self.session.dead:  # a dead cluster cannot kill anything
             import ray
 
             for actor in self._pool:  # inside someone else's Ray session our replicas must go too
-                ray.kill(actor)
-            self._pool = None
-        if getattr(self, "_owns_ray", False):
-            import ray
+                try:
+                    ray.kill(actor)
+                except Exception:
+                    pass
+        self._pool = None
+        self.session.close()
 
-            ray.shutdown()
-            self._owns_ray = False
-        self._connected = False
-        if self.cluster is not None:
-            self.cluster.stop()
-            self.cluster = None
-            _use_token(self._env_before)
-
+    def _replicas(self) -> list[Any]:
+        """Start the replicas once: each builds its model or HTTP client once for the whole run."""
+        if self._pool is None:
+            self.session.connect()
+            self._pool = [self._spawn() for _ in range(self.workers)]
+            self._gen = [0] * self.workers
+        return self._pool
 
 def executor_from_args(args: Any, prefix: str = "") -> RayExecutor:
     """The `RayExecutor` that the backend flags and `add_executor_args` flags describe."""
@@ -393,24 +353,3 @@ def executor_from_args(args: Any, prefix: str = "") -> RayExecutor:
     return RayExecutor(name, model, options, work_dir=args.work_dir, address=args.ray_address,
                        workers=args.ray_workers, num_cpus_per_worker=args.num_cpus_per_worker,
                        num_gpus_per_worker=args.num_gpus_per_worker, batch_size=args.ray_batch_size)
-
-
-def _use_token(env: dict[str, str | None]) -> dict[str, str | None]:
-    """Make this process present our cluster's token (None values: unset); return what was
-    there before. Ray reads the auth mode and token once at import: make it read them again."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    before = {k: os.environ.get(k) for k in env}
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
-    return before
-
-
-def _last_line(e: BaseException) -> str:
-    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:300]

@@ -5,7 +5,8 @@
 statement: a million rows take seconds (bench/scale.py), where building a record per row would
 take minutes. A key already stored is kept, except a transient failure, which a stored success
 or permanent failure replaces; within the shards a success wins over a failure. Running it twice
-adds nothing the second time.
+adds nothing the second time. With `prune`, the merged shards and their request parts are then
+deleted: the corpus holds their rows, and the next merge does not scan them again.
 """
 
 from __future__ import annotations
@@ -32,12 +33,26 @@ def shard_files(work_dir: str) -> tuple[pafs.FileSystem, list[str]]:
     return fs, sorted(i.path for i in infos if i.path.endswith(".parquet") and i.type == pafs.FileType.File)
 
 
-def merge_call_shards(corpus: Corpus, work_dir: str, run_id: str | None = None) -> int:
+def merge_call_shards(corpus: Corpus, work_dir: str, run_id: str | None = None, prune: bool = False) -> int:
     """Insert the shards' calls that the corpus lacks (or holds only as transient failures).
-    Returns the rows written."""
+    Returns the rows written. `prune` only while no replica works in `work_dir`."""
     fs, files = shard_files(work_dir)
     if not files:
         return 0
+    n = _merge(corpus, fs, files, run_id)
+    if prune:  # after the commit: a crash before it leaves the shards for the next merge
+        for path in files:
+            request = path.rsplit("/results/", 1)
+            for p in (path, f"{request[0]}/requests/{request[1]}" if len(request) == 2 else None):
+                if p:
+                    try:
+                        fs.delete_file(p)
+                    except OSError:
+                        pass  # gone already: nothing depends on it
+    return n
+
+
+def _merge(corpus: Corpus, fs: pafs.FileSystem, files: list[str], run_id: str | None) -> int:
     cols = ", ".join(COLUMNS)
     if isinstance(fs, pafs.LocalFileSystem):
         src, params = "read_parquet($files)", {"files": files}  # DuckDB's own parallel reader: the fast path

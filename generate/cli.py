@@ -19,8 +19,9 @@ from urllib.parse import urlparse
 from rich.console import Console
 
 from backends import BackendError, SamplingParams, add_backend_args, add_executor_args, backend_from_args, report_paid_run
+from backends.ray_executor import ClusterError
 from corpus import ArgumentParser, Corpus, UserError
-from corpus.errors import EXIT_STATUS, report_incomplete
+from corpus.errors import EXIT_STATUS, INCOMPLETE, report_incomplete
 from corpus.call_shards import merge_call_shards
 from corpus.store import redact_urls
 
@@ -75,7 +76,7 @@ def _backend(args):
         raise UserError(str(e)) from None
 
 
-RAY_CHUNK = 4096  # a chunk is a barrier: every replica must have finished before the next one starts
+RAY_CHUNK = 4096  # candidates per chunk on Ray; no barrier: replicas start on the next chunk (look_ahead)
 
 
 def _generate_parser() -> ArgumentParser:
@@ -165,16 +166,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus = Corpus(args.db)
     try:
         if args.executor == "ray":  # a killed run's shards become cache hits, in one statement
-            merge_call_shards(corpus, args.work_dir)
+            merge_call_shards(corpus, args.work_dir, prune=True)
         summary = run_generate(
             corpus, prompts=prompts, from_sql=args.from_sql, backend=backend, n=args.n, params=params,
             system=args.system, seed=args.seed, limit=args.limit, progress=not args.no_progress,
             chunk_size=args.chunk_size, argv=argv,
         )
+    except ClusterError as e:  # infrastructure, not the input: the run is marked failed, exit 3
+        print(f"generate: error: {e}", file=sys.stderr)
+        return INCOMPLETE
     except BackendError as e:
         raise UserError(str(e)) from None
     finally:
         backend.close()
+        if args.executor == "ray" and not getattr(backend, "_dead", False):
+            merge_call_shards(corpus, args.work_dir, prune=True)  # answers not yet asked for; an empty work dir
         corpus.close()
     Console().print(summary_table(summary))
     apart = int(summary.get("prompts_kept_apart", 0))

@@ -18,10 +18,11 @@ stored nor sent: it becomes a `failures` row that gives its size, and the summar
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from rich.table import Table
 
@@ -169,18 +170,35 @@ def run_generate(
         records, oversized = split_oversized(records, byte_limit, system, run.id)  # type: ignore[arg-type]
         stamped = [p.model_copy(update={"run_id": run.id}) if p.run_id is None else p for p in records]
         prompts_new = corpus.insert(stamped)
+        del stamped  # the records are held once
         corpus.insert(oversized)
-        cached = CachedBackend(backend, corpus, run.id)
-        tasks = plan(records, backend, n, params, seed, system)
-        have = corpus.existing_ids("generations", [t.generation_id for t in tasks])
-        todo = [t for t in tasks if t.generation_id not in have]
+        ahead = getattr(backend, "look_ahead", None)
+        # Ray delivers a part at a time, so no need to hold the connection between saves; and the
+        # look-ahead's cache lookups share that connection, which a held session's timer thread closes
+        cached = CachedBackend(backend, corpus, run.id, **({"hold_s": 0.0} if ahead is not None else {}))
+        # The plan streams: tasks are built a block of prompts at a time and dropped once stored;
+        # the whole job holds only the prompts and the ids already stored (a few GB at 1M otherwise)
+        per = max(1, chunk_size // n)
+
+        def tasks() -> Iterator[Task]:
+            for s in range(0, len(records), per):
+                yield from plan(records[s : s + per], backend, n, params, seed, system)
+
+        have = corpus.existing_ids("generations", (t.generation_id for t in tasks()))
+        planned, todo_n = len(records) * n, len(records) * n - len(have)
+
+        def todo() -> Iterator[Task]:
+            return (t for t in tasks() if t.generation_id not in have)
+
         stats = {"pending": 0, "new": 0, "failures": 0, "permanent": 0, "tokens": 0, "prompt_tokens": 0, "fresh_tokens": 0, "model_s": 0.0}
         errors: dict[str, int] = {}
         if oversized:
             errors["prompt too large"] = len(oversized)
-        with progress_display("generate", len(todo), progress) as bar, BatchWriter(corpus) as writer:
-            for start in range(0, len(todo), chunk_size):
-                chunk = todo[start : start + chunk_size]
+        if ahead is not None:  # Ray: replicas answer the next chunks while this one is stored
+            ahead(itertools.islice((t.request for t in todo()), chunk_size, None), known=corpus.lookup_calls)
+        stream = todo()
+        with progress_display("generate", todo_n, progress) as bar, BatchWriter(corpus) as writer:
+            while chunk := list(itertools.islice(stream, chunk_size)):
                 t0 = time.perf_counter()
                 comps = cached.generate([t.request for t in chunk], progress=bar)
                 stats["model_s"] += time.perf_counter() - t0
@@ -207,7 +225,7 @@ def run_generate(
         elapsed = time.perf_counter() - t_start
         run.summary = {
             "prompts": len(records), "prompts_new": prompts_new, "prompts_repeated": repeated, "prompts_kept_apart": apart,
-            "candidates_planned": len(tasks), "candidates_new": stats["new"], "candidates_existing": len(have),
+            "candidates_planned": planned, "candidates_new": stats["new"], "candidates_existing": len(have),
             "calls_cached": cached.hits, "calls_sent": cached.misses,
             "tokens": stats["tokens"], "prompt_tokens": stats["prompt_tokens"],
             "tokens_per_s": round(stats["fresh_tokens"] / stats["model_s"], 2) if stats["model_s"] and stats["fresh_tokens"] else 0.0,

@@ -6,6 +6,7 @@ Exit status 3: backend errors remain (rerun to retry them); see corpus.errors.EX
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,11 +14,14 @@ from rich.console import Console
 from rich.table import Table
 
 from backends import BackendError, add_backend_args, add_executor_args, backend_from_args, backend_limits, report_paid_run
+from backends.ray_session import ClusterError, RaySession
 from corpus import ArgumentParser, Corpus, UserError
-from corpus.errors import EXIT_STATUS, report_incomplete
+from corpus.errors import EXIT_STATUS, INCOMPLETE, report_incomplete
 from corpus.call_shards import merge_call_shards
 
 from .audit import run_audit
+from .ray_verifiers import ray_verifier
+from .rubric import load_rubric
 from .run import run_judge
 
 
@@ -47,8 +51,6 @@ def _audit_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "audit":
         return audit_main(argv[1:])
@@ -61,31 +63,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return eval_main(argv[1:])
     args = _judge_parser().parse_args(argv)
-    if args.executor == "ray" and not args.judge_backend:
+    on_ray = args.executor == "ray"
+    if on_ray and not args.judge_backend and load_rubric(args.rubric).llm_criteria():
         raise UserError("--executor ray runs the judge given by --judge-backend (and --judge-model); "
                         "add them, or drop --executor ray to use the rubric's judges in this process")
-    if args.executor == "ray" and not args.work_dir:
+    if on_ray and not args.work_dir:
         args.work_dir = f"{args.db}.ray"
     paid = [f for f in ("batch", "no_wait", "rpm", "tpm", "max_cost") if getattr(args, f"judge_{f}", None)]
     if paid and not args.judge_backend:  # the rubric's own judges are not the openai backend the flag is for
         flag = "--judge-" + paid[0].replace("_", "-")
         raise UserError(f"{flag} applies to the judge named by --judge-backend openai --judge-model NAME; add them")
     corpus = Corpus(args.db, create=False)
-    backend = None
+    backend, session, verify = None, None, None
     try:
         limits = backend_limits(args, prefix="judge-")
         if args.judge_backend:
             backend = backend_from_args(args, prefix="judge-")
+        if on_ray:  # verifiers spread over the same cluster: the judge backend's session, or one of their own
+            session = backend.session if backend is not None else RaySession(args.ray_address, args.ray_workers + 1)
+            verify = ray_verifier(session, args.unsafe_exec)
     except BackendError as e:
         raise UserError(str(e)) from None
     try:
-        if args.executor == "ray":  # a killed run's shards become cache hits, in one statement
-            merge_call_shards(corpus, args.work_dir)
+        if on_ray and backend is not None:  # a killed run's shards become cache hits, in one statement
+            merge_call_shards(corpus, args.work_dir, prune=True)
         summary = run_judge(corpus, args.rubric, where=args.where, backend=backend, progress=not args.quiet,
-                            prefix_reuse=not args.no_prefix_reuse, unsafe_exec=args.unsafe_exec, limits=limits)
+                            prefix_reuse=not args.no_prefix_reuse, unsafe_exec=args.unsafe_exec, limits=limits,
+                            verify=verify)
+    except UserError as e:
+        if not isinstance(e.__cause__ or e.__context__, ClusterError):
+            raise
+        print(f"judge: error: {e}", file=sys.stderr)  # infrastructure, not the input: exit 3
+        return INCOMPLETE
+    except ClusterError as e:
+        print(f"judge: error: {e}", file=sys.stderr)
+        return INCOMPLETE
     finally:
         if backend is not None:
             backend.close()  # on Ray: the replicas and a local cluster stop here
+            if on_ray and not backend.session.dead:
+                merge_call_shards(corpus, args.work_dir, prune=True)  # leaves an empty work dir
+        elif session is not None:
+            session.close()
     if not args.quiet:
         print_summary(summary)
     # 0: every planned judgment stored (parse failures are stored results); 3: backend errors remain

@@ -139,11 +139,12 @@ def pointwise_fields(rubric: Rubric, judges: Judges, cands: list[dict[str, Any]]
 
 def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backend: Backend | None = None,
               progress: bool = True, prefix_reuse: bool = True, unsafe_exec: bool = False,
-              limits: dict[str, Any] | None = None) -> dict[str, Any]:
+              limits: dict[str, Any] | None = None, verify: Any = None) -> dict[str, Any]:
     """Judge the candidates (generations joined with prompts, filtered by `where`) under a rubric.
 
     backend=None uses the rubric's judges; `limits` ({"timeout": s, "max_prompt_bytes": n},
-    from `backends.backend_limits`) apply to them. Returns a summary dict: judged, cached, parse
+    from `backends.backend_limits`) apply to them. `verify` replaces `run_verifier` (on Ray:
+    judge/ray_verifiers.py). Returns a summary dict: judged, cached, parse
     failures, flags by kind, score distribution per criterion.
     """
     rubric = load_rubric(rubric_path)
@@ -165,7 +166,7 @@ def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backen
     with corpus.run("judge", config) as run:
         judges = Judges(rubric, corpus, run.id, backend, prefix_reuse, limits)
         try:
-            summary = _judge(corpus, rubric, cands, judges, run.id, progress, unsafe_exec)
+            summary = _judge(corpus, rubric, cands, judges, run.id, progress, unsafe_exec, verify)
         except BackendError as e:
             raise UserError(str(e)) from None
         finally:
@@ -175,7 +176,7 @@ def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backen
 
 
 def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, run_id: str, progress: bool,
-           unsafe_exec: bool = False) -> dict[str, Any]:
+           unsafe_exec: bool = False, verify: Any = None) -> dict[str, Any]:
     counts = {"candidates": len(cands), "judged": 0, "cached": 0, "calls_cached": 0, "ok": 0, "retried": 0,
               "failed": 0, "transient": 0, "pending": 0}
     flags: dict[str, int] = {}
@@ -224,7 +225,7 @@ def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, ru
                     writer.add(recs)
         if ver:
             infra: list[str] = []
-            recs = _run_verifiers(corpus, rubric, ver, run_id, unsafe_exec, infra)
+            recs = _run_verifiers(corpus, rubric, ver, run_id, unsafe_exec, infra, verify)
             counts["transient"] += len(infra)
             if infra:
                 counts["sandbox_failure"] = infra[0][:300]  # the first one, so the user sees why
@@ -280,7 +281,7 @@ def _verifier_fields(rubric: Rubric, cands: list[dict]) -> Iterator[dict]:
 
 
 def _run_verifiers(corpus: Corpus, rubric: Rubric, fields: list[dict], run_id: str, unsafe_exec: bool = False,
-                   transient: list[str] | None = None) -> list[Record]:
+                   transient: list[str] | None = None, verify: Any = None) -> list[Record]:
     """The verifier judgments; an infrastructure failure adds a line to `transient` and stores nothing."""
     transient = [] if transient is None else transient
     recs: list[Record] = []
@@ -289,7 +290,8 @@ def _run_verifiers(corpus: Corpus, rubric: Rubric, fields: list[dict], run_id: s
         by_criterion.setdefault(f["criterion"], []).append(f)
     for name, fs in by_criterion.items():
         spec = fs[0]["_c"].verifier
-        results = run_verifier(spec, [(f["_g"], f["_g"]["response"]) for f in fs], corpus, unsafe_exec)
+        items = [(f["_g"], f["_g"]["response"]) for f in fs]
+        results = verify(spec, items, corpus) if verify else run_verifier(spec, items, corpus, unsafe_exec)
         for f, r in zip(fs, results):
             if r.transient:  # the sandbox failed, not the answer: store nothing, the next run asks again
                 transient.append(f"{name}: {r.error}")

@@ -25,13 +25,14 @@ pytest.importorskip("ray")
 
 from backends import ChatRequest, SamplingParams  # noqa: E402
 from backends.ray_cluster import LocalCluster  # noqa: E402
-from backends.ray_executor import RayExecutor, _use_token  # noqa: E402
+from backends.ray_executor import RayExecutor  # noqa: E402
 from corpus import Corpus, run_cli  # noqa: E402
 from corpus.call_shards import merge_call_shards  # noqa: E402
 from generate.cli import main as generate_main  # noqa: E402
 from generate.job import run_generate  # noqa: E402
 from judge.cli import main as judge_main  # noqa: E402
 from openai_server import OpenAIServer  # noqa: E402
+from ray_helpers import module_cluster, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
@@ -40,15 +41,8 @@ AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 @pytest.fixture(scope="module")
 def ray_address():
     """A local cluster for the module: 3 logical CPUs (2 replicas + the driver's own tasks)."""
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": str(ROOT)}
-    cluster = LocalCluster(num_cpus=3, env=env)
-    address = cluster.start()
-    before = _use_token({k: env[k] for k in AUTH})
-    try:
+    with module_cluster(num_cpus=3) as address:
         yield address
-    finally:
-        cluster.stop()
-        _use_token(before)
 
 
 def prompts_file(tmp_path: Path, n: int, tag: str = "p") -> Path:
@@ -86,15 +80,6 @@ def wait_none_marked(mark: str, timeout_s: float = 60) -> list[int]:
     return left
 
 
-def table(db: Path, sql: str) -> list[tuple]:
-    c = Corpus(db, create=False)
-    try:
-        with c.connect() as con:
-            return con.execute(sql).fetchall()
-    finally:
-        c.close()
-
-
 CALLS = "SELECT key, backend, model, request, json_remove(response, '$.latency_ms'), status, error FROM calls ORDER BY key"
 GENS = ("SELECT id, prompt_id, backend, model, params, sample_idx, seed, response, finish_reason, prompt_tokens, "
         "completion_tokens, call_key FROM generations ORDER BY id")
@@ -113,7 +98,9 @@ def test_ray_path_gives_the_same_calls_generations_and_judgments(tmp_path, ray_a
         with monkeypatch.context() as m:
             m.setenv("RLAIF_TEST_MARK", mark)  # inherited by the cluster's supervisor and every Ray process
             m.delenv("RAY_ADDRESS", raising=False)
-            assert run_cli("generate", generate_main, gen_argv(prompts, on_ray, srv.base_url, *ray_flags)) == 0
+            # chunks of 8: the job announces the rest ahead (look_ahead), checked against the call cache
+            assert run_cli("generate", generate_main, gen_argv(prompts, on_ray, srv.base_url, *ray_flags,
+                                                               "--chunk-size", "8")) == 0
         assert marked(mark) == [], "Ray processes outlived the command"
         judge = ["--rubric", str(ROOT / "prompts/helpfulness.yaml"), "--judge-backend", "openai", "--judge-model",
                  "echo-model", "--judge-base-url", srv.base_url, "--quiet"]
@@ -124,12 +111,8 @@ def test_ray_path_gives_the_same_calls_generations_and_judgments(tmp_path, ray_a
         a, b = table(local, sql), table(on_ray, sql)
         assert a == b and len(a) >= 24, sql
     assert len(table(on_ray, JUDGMENTS)) >= 24
-    # the work dir holds the same calls as shards: merging them into a fresh corpus adds them all
-    fresh = Corpus(tmp_path / "fresh.duckdb")
-    assert merge_call_shards(fresh, str(tmp_path / "work")) == len(table(on_ray, CALLS))
-    assert merge_call_shards(fresh, str(tmp_path / "work")) == 0
-    fresh.close()
-    assert table(tmp_path / "fresh.duckdb", CALLS) == table(on_ray, CALLS)
+    # every shard and request part was pruned once the corpus held its answers
+    assert sorted(p.name for p in (tmp_path / "work").rglob("*.parquet")) == []
 
 
 def test_fault_rate_0_3_completes_and_accounts_for_every_request(tmp_path, ray_address, monkeypatch):
@@ -204,7 +187,7 @@ def test_sigkill_driver_then_rerun_each_key_once_and_no_ray_process_left(tmp_pat
         env.pop(k, None)
     with OpenAIServer(latency_s=0.1) as srv:
         argv = gen_argv(prompts, db, srv.base_url, "--executor", "ray", "--work-dir", str(work), "--ray-workers", "2",
-                        "--ray-batch-size", "6", "--concurrency", "2")
+                        "--ray-batch-size", "6", "--concurrency", "2", "--chunk-size", "24")
         child = subprocess.Popen([sys.executable, "-m", "generate", *argv], cwd=ROOT, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 240
@@ -290,3 +273,185 @@ def test_judge_on_ray_needs_a_judge_backend(tmp_path, capsys):
                                        "--executor", "ray", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--executor ray runs the judge given by --judge-backend" in err and len(err.splitlines()) == 1
+
+
+def test_a_part_that_kills_its_replica_every_time_is_recorded_failed_and_exit_3(tmp_path, ray_address, capsys,
+                                                                              monkeypatch):
+    """Every time the request "poison" reaches the server, its replica's process is SIGKILLed.
+    The part holding it is tried 3 times, then its requests are stored as failures naming the
+    part and the cause; every other request is answered; the command exits 3. The replicas are
+    found by the API key, which reaches them through runtime_env only."""
+    mark = secrets.token_hex(8)
+    monkeypatch.setenv("POISON_TEST_KEY", mark)
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["a0", "a1", "poison", "a3", "a4", "a5"]))
+    db, stop = tmp_path / "c.duckdb", threading.Event()
+    kills: list[int] = []
+    with OpenAIServer(latency_s=0.3) as srv:
+        def killer() -> None:
+            seen = 0
+            while not stop.is_set():
+                poison = [r for r in srv.requests if r.prompt == "poison"]
+                if len(poison) > seen:
+                    seen = len(poison)
+                    needle = f"POISON_TEST_KEY={mark}".encode()
+                    for pid in filter(str.isdigit, os.listdir("/proc")):
+                        try:
+                            with open(f"/proc/{pid}/environ", "rb") as fh:
+                                hit = needle in fh.read().split(b"\0") and int(pid) != os.getpid()
+                        except OSError:
+                            continue
+                        if hit:
+                            os.kill(int(pid), signal.SIGKILL)
+                            kills.append(int(pid))
+                time.sleep(0.02)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        try:
+            argv = ["--prompts", str(f), "--db", str(db), "--n", "1", "--backend", "openai", "--model", "echo-model",
+                    "--base-url", srv.base_url, "--api-key-env", "POISON_TEST_KEY", "--max-new-tokens", "4",
+                    "--no-progress", "--executor", "ray", "--ray-address", ray_address, "--ray-workers", "1",
+                    "--ray-batch-size", "2", "--work-dir", str(tmp_path / "work")]
+            rc = run_cli("generate", generate_main, argv)
+        finally:
+            stop.set()
+            t.join()
+        auth = {v for r in srv.requests for k, v in r.headers.items() if k.lower() == "authorization"}
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert sum(r.prompt == "poison" for r in srv.requests) == 3 and len(kills) >= 3
+    assert auth == {f"Bearer {mark}"}  # the key reached the replicas (runtime_env)
+    gave_up = [x for x in err.splitlines() if "failed on its replica 3 times" in x]
+    assert len(gave_up) == 1 and "part p-" in gave_up[0] and "died" in gave_up[0], err
+    failures = table(db, "SELECT error FROM failures")
+    assert len(failures) == 2 and all("failed on its replica 3 times" in e for (e,) in failures)
+    assert len(table(db, "SELECT id FROM generations")) == 4  # the part's other request failed with it
+    for path in [*(tmp_path / "work").rglob("*"), db]:  # the key is in no file the run wrote
+        assert path.is_dir() or mark.encode() not in path.read_bytes()
+
+
+def test_an_http_server_at_the_address_is_refused_quickly(tmp_path, capsys):
+    """Something that is not a Ray head (an HTTP server) listens at --ray-address: one line,
+    exit 2, no corpus (Ray itself would retry "Failed to connect to GCS")."""
+    import http.server
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:  # its access log would share the test's stderr
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, *a: object) -> None:  # the probe hangs up mid-request: not a test failure
+            pass
+
+    httpd = Server(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{httpd.server_address[1]}"
+        with OpenAIServer() as srv:
+            argv = gen_argv(prompts_file(tmp_path, 2), tmp_path / "c.duckdb", srv.base_url, "--executor", "ray",
+                            "--ray-address", address, "--work-dir", str(tmp_path / "work"))
+            rc = run_cli("generate", generate_main, argv)
+    finally:
+        httpd.shutdown()
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and f"--ray-address {address}: something listens there but it is not a Ray head" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "c.duckdb").exists()
+
+
+def test_cluster_dying_mid_job_ends_with_one_line_exit_3_and_the_run_failed(tmp_path):
+    """A cluster of its own, stopped under a running generate: the command ends by itself with
+    exit 3 and a last line naming the cluster, and the run is recorded failed, not running."""
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": str(ROOT)}
+    cluster = LocalCluster(num_cpus=2, env=env)
+    address = cluster.start()
+    db, work = tmp_path / "c.duckdb", tmp_path / "work"
+    try:
+        with OpenAIServer(latency_s=0.5) as srv:
+            argv = gen_argv(prompts_file(tmp_path, 80, "d"), db, srv.base_url, "--executor", "ray", "--ray-address",
+                            address, "--work-dir", str(work), "--ray-batch-size", "4", "--concurrency", "2")
+            child = subprocess.Popen([sys.executable, "-m", "generate", *argv], cwd=ROOT, env={**os.environ, **env},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                while srv.count() < 4:
+                    assert child.poll() is None, child.stderr.read()[-800:]
+                    time.sleep(0.05)
+                cluster.stop()
+                rc = child.wait(timeout=120)  # the test's bound; the command's own is DEAD_AFTER_S
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+            err = child.stderr.read().strip().splitlines()
+    finally:
+        cluster.stop()
+    assert rc == 3, err[-5:]
+    assert "the cluster at" in err[-1] and "stopped answering" in err[-1], err[-5:]
+    assert len(err) == 1, err  # not Ray's pages of C++ log
+    assert table(db, "SELECT status FROM runs WHERE command = 'generate'") == [("failed",)]
+
+
+def test_driver_killed_while_its_cluster_starts_stops_the_start(tmp_path):
+    """SIGKILL the command while `ray start` is still starting its private cluster: the start is
+    abandoned (its address file never appears) and none of its processes is left."""
+    import shutil
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # Ray's socket paths must stay short
+    mark = secrets.token_hex(8)
+    env = {**os.environ, "RLAIF_TEST_MARK": mark, "TMPDIR": str(short)}
+    for k in (*AUTH, "RAY_ADDRESS"):
+        env.pop(k, None)
+    argv = gen_argv(prompts_file(tmp_path, 2), tmp_path / "c.duckdb", "http://127.0.0.1:9/v1", "--executor", "ray",
+                    "--work-dir", str(tmp_path / "work"))
+    try:
+        with OpenAIServer() as srv:
+            argv[argv.index("--base-url") + 1] = srv.base_url
+            child = subprocess.Popen([sys.executable, "-m", "generate", *argv], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 120
+                while not list(short.glob("rlaif-ray-*/ray-start.log")):  # `ray start` is running
+                    assert child.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.02)
+                assert not list(short.glob("rlaif-ray-*/ray_current_cluster")), "the cluster came up first"
+                child.send_signal(signal.SIGKILL)
+                child.wait(timeout=30)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+            came_up = False
+            deadline = time.monotonic() + 60
+            while marked(mark) and time.monotonic() < deadline:
+                came_up = came_up or bool(list(short.glob("rlaif-ray-*/ray_current_cluster")))
+                time.sleep(0.02)
+        assert marked(mark) == [], "Ray processes of the killed command are still running"
+        assert not came_up, "the cluster finished starting after its driver died"
+        assert srv.count() == 0
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_look_ahead_replicas_start_the_next_chunk_before_it_is_asked(tmp_path, ray_address):
+    """No barrier per chunk: once the first chunk's parts are out, replicas with room take parts
+    of the announced next chunk, which reach the server while the driver has not asked for
+    them yet; asking then sends nothing twice."""
+    reqs = [ChatRequest(messages=[{"role": "user", "content": f"c{i}"}], params=SamplingParams(max_new_tokens=4))
+            for i in range(16)]
+    with OpenAIServer(latency_s=0.3) as srv:
+        ex = RayExecutor("openai", "echo-model", {"base_url": srv.base_url, "concurrency": 2},
+                         work_dir=str(tmp_path / "work"), address=ray_address, workers=2, batch_size=2)
+        try:
+            ex.look_ahead(reqs[4:])
+            first = ex.generate(reqs[:4])
+            deadline = time.monotonic() + 60
+            while not any(r.prompt in {f"c{i}" for i in range(4, 16)} for r in srv.requests):
+                assert time.monotonic() < deadline, "nothing of the next chunk was sent before it was asked"
+                time.sleep(0.05)
+            rest = ex.generate(reqs[4:])
+        finally:
+            ex.close()
+        prompts = [r.prompt for r in srv.requests]
+    assert [c.text for c in first + rest] == [f"echo: c{i}" for i in range(16)]
+    assert sorted(prompts) == sorted(f"c{i}" for i in range(16))  # each sent once
