@@ -32,7 +32,7 @@ class _HeldStore:
 
     def __init__(self, store: CallStore, idle_s: float, hold_s: float):
         self.store, self.idle_s, self.hold_s = store, idle_s, hold_s
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._stack: contextlib.ExitStack | None = None
         self._opened = 0.0
         self._timer: threading.Timer | None = None
@@ -55,6 +55,13 @@ class _HeldStore:
                     self._timer = threading.Timer(self.idle_s, self._idle)
                     self._timer.daemon = True
                     self._timer.start()
+
+    @contextlib.contextmanager
+    def busy(self) -> Any:
+        """While inside, the idle timer cannot close the held connection: the caller stores what it
+        built from the answers just saved (a judge's judgments) on that same connection."""
+        with self._lock:
+            yield
 
     def _idle(self) -> None:
         with self._lock:
@@ -154,9 +161,10 @@ class CachedBackend(Backend):
                     for i in todo[key]:
                         out[i] = comp
                         mine.append((i, comp))
-                if rows:
-                    held.save(rows)  # saved before the backend may send anything in their place
-                deliver(mine)
+                with held.busy():
+                    if rows:
+                        held.save(rows)  # saved before the backend may send anything in their place
+                    deliver(mine)
 
             try:
                 self.inner.generate([requests[todo[k][0]] for k in order], progress, on_results=arrived)

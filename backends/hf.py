@@ -25,6 +25,22 @@ from .base import Backend, BackendError, ChatRequest, Completion, Deliver, Progr
 from .embedded import EMBEDDED_NAME, resolve_model
 
 _MASK64 = (1 << 64) - 1
+# padded tokens (rows x widest row) one forward batch may hold. Why: memory is per token, not per
+# request; 16 judge prompts of 3,000 tokens in one batch took 9-12 GB on the 135M model, so long
+# prompts go in fewer rows a batch and short ones still fill --batch-size
+MAX_BATCH_TOKENS = 8192
+
+
+def token_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[tuple[int, int]]:
+    """(start, end) slices of rows sorted longest first: at most `batch_size` rows, and rows x
+    the first (widest) row's length at most `max_tokens`; a row longer than that goes alone."""
+    out, start = [], 0
+    while start < len(lengths):
+        width = max(lengths[start], 1)
+        n = max(1, min(batch_size, max_tokens // width))
+        out.append((start, min(start + n, len(lengths))))
+        start += n
+    return out
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -151,7 +167,7 @@ class HFBackend(Backend):
     streams_results = True  # each finished sub-batch is delivered (saved) before the next runs
 
     def __init__(self, model: str | None = None, batch_size: int = 16, device: str | None = None, dtype: Any = None,
-                 static_cache: bool = False):
+                 max_batch_tokens: int = MAX_BATCH_TOKENS, static_cache: bool = False):
         """`static_cache`: decode with a preallocated KV cache of fixed shape, which transformers
         compiles (torch.compile, CUDA graphs) on a GPU: fewer kernel launches per token, paid for by a
         compile on the first batch of each shape. Off by default: on a CPU it only adds the compile."""
@@ -159,11 +175,14 @@ class HFBackend(Backend):
 
         if batch_size < 1:
             raise BackendError(f"--batch-size must be at least 1, got {batch_size}")
+        if max_batch_tokens < 1:
+            raise BackendError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
         embedded = model in (None, "", "embedded", EMBEDDED_NAME)
         self._model_id = EMBEDDED_NAME if embedded else str(model)
         super().__init__(self._model_id)
         self.path = resolve_model(model)
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
@@ -221,8 +240,8 @@ class HFBackend(Backend):
             rows.append((i, _Row(req, len(ids), min(req.params.max_new_tokens, room), seed), ids))
         # longest first: a batch that runs out of memory does so at once, not after an hour
         rows.sort(key=lambda r: (-len(r[2]), r[0]))
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
+        for start, end in token_batches([len(r[2]) for r in rows], self.batch_size, self.max_batch_tokens):
+            batch = rows[start:end]
             for (i, _, _), comp in zip(batch, self._run_batch([r for _, r, _ in batch], [ids for _, _, ids in batch])):
                 out[i] = comp
             progress(len(batch))
@@ -316,8 +335,8 @@ class HFBackend(Backend):
             else:
                 rows.append((i, ids))
         rows.sort(key=lambda r: -len(r[1]))
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
+        for start, end in token_batches([len(r[1]) for r in rows], self.batch_size, self.max_batch_tokens):
+            batch = rows[start:end]
             width = max(len(ids) for _, ids in batch)
             ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for _, x in batch], device=self.device)
             mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for _, x in batch], device=self.device)

@@ -133,18 +133,24 @@ class BadRow(ValueError):
     """What is wrong with one row (the caller adds where it is)."""
 
 
+def _after_tag(text: str) -> str:
+    """A turn's text after its 'Human:' / 'Assistant:' tag: the one space that follows the tag is
+    the format's, everything else is the author's and kept byte for byte."""
+    return text[1:] if text.startswith(" ") else text
+
+
 def hh_messages(text: str) -> list[dict[str, str]]:
     """'Human: hi\\n\\nAssistant: hello\\n\\nHuman: more' -> chat messages; text without the tags
-    is one user turn. A trailing empty 'Assistant:' (the slot to answer) is dropped."""
+    is one user turn, as it is. A trailing empty 'Assistant:' (the slot to answer) is dropped."""
     parts = _HH_TURN.split(text)
     if len(parts) < 3:
-        return [{"role": "user", "content": text.strip()}]
+        return [{"role": "user", "content": text}]
     if parts[0].strip():
         raise BadRow("text before the first 'Human:' turn; an HH-RLHF dialogue starts with 'Human:'")
     msgs = []
     for tag, content in zip(parts[1::2], parts[2::2]):
-        msgs.append({"role": "user" if tag == "Human" else "assistant", "content": content.strip()})
-    if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"]:
+        msgs.append({"role": "user" if tag == "Human" else "assistant", "content": _after_tag(content)})
+    if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"].strip():
         msgs.pop()
     return msgs
 
@@ -168,15 +174,14 @@ def _prompt(value: Any, what: str = "prompt") -> list[dict[str, str]]:
 
 
 def _reply(value: Any, what: str) -> str:
-    """A reply: a string, or messages whose last one is the assistant's."""
+    """A reply: a string, or messages whose last one is the assistant's. Kept byte for byte: the
+    judges and the trainer see what the people who labelled it saw, whitespace included."""
     if isinstance(value, str):
-        text = value.strip()
-    else:
-        msgs = _message_list(value, what)
-        if msgs[-1]["role"] != "assistant":
-            raise BadRow(f"'{what}' must end with the assistant's reply, not a {msgs[-1]['role']} message")
-        text = msgs[-1]["content"].strip()
-    return text  # an empty reply is a real answer too (people prefer almost anything to it)
+        return value
+    msgs = _message_list(value, what)
+    if msgs[-1]["role"] != "assistant":
+        raise BadRow(f"'{what}' must end with the assistant's reply, not a {msgs[-1]['role']} message")
+    return msgs[-1]["content"]  # an empty reply is a real answer too (people prefer almost anything to it)
 
 
 def _split_dialogue(value: Any, what: str) -> tuple[list[dict[str, str]], str]:
@@ -185,12 +190,12 @@ def _split_dialogue(value: Any, what: str) -> tuple[list[dict[str, str]], str]:
         cut = value.rfind("\n\nAssistant:")
         if cut < 0:
             raise BadRow(f"'{what}' has no '\\n\\nAssistant:' turn; without a 'prompt' field each side must be the whole dialogue")
-        prompt, reply = hh_messages(value[:cut]), value[cut + len("\n\nAssistant:"):].strip()
+        prompt, reply = hh_messages(value[:cut]), _after_tag(value[cut + len("\n\nAssistant:"):])
     else:
         msgs = _message_list(value, what)
         if msgs[-1]["role"] != "assistant":
             raise BadRow(f"'{what}' must end with the assistant's reply")
-        prompt, reply = msgs[:-1], msgs[-1]["content"].strip()
+        prompt, reply = msgs[:-1], msgs[-1]["content"]
     if not prompt or prompt[-1]["role"] != "user":
         raise BadRow(f"'{what}': the turn before the last assistant reply must be the user's")
     return prompt, reply
@@ -241,7 +246,7 @@ def _completions(row: dict[str, Any], key: str, multi: str) -> tuple[list[tuple]
             raise BadRow(f"'{key}'[{i}] has the score {score}; give a finite number")
         if text is None or not text.strip() or score is None:
             raise BadRow(f"'{key}'[{i}] needs a response text (response|text|content) and a score (overall_score|score|rating)")
-        scored.append((score, text.strip(), c.get("model") if isinstance(c.get("model"), str) else None))
+        scored.append((score, text, c.get("model") if isinstance(c.get("model"), str) else None))
     order = sorted(range(len(scored)), key=lambda i: (-scored[i][0], i))
     if multi == "best_worst":
         cands = [(order[0], order[-1])]

@@ -44,25 +44,54 @@ def _parse(task: LLMTask, text: str) -> Parsed:
     return parse_pairwise(text) if task.pairwise else parse_pointwise(text, task.lo, task.hi)
 
 
-def ask(backends: list[Backend], tasks: list[LLMTask], retries: int, progress: Callable[[int], None]) -> list[Outcome]:
-    """Send tasks grouped by judge, parse, retry the unparseable ones in one more batch each round."""
+def ask(backends: list[Backend], tasks: list[LLMTask], retries: int, progress: Callable[[int], None],
+        done: Callable[[list[Outcome]], None] | None = None) -> list[Outcome]:
+    """Send tasks grouped by judge, parse, retry the unparseable ones in one more batch each round.
+
+    `done` gets each outcome as soon as it is final (parsed, failed for good, or out of retries),
+    while the backend is still answering the rest, so the caller can store it at once: a job
+    stopped half way keeps every judgment it finished. Every outcome reaches `done` exactly once.
+    """
     outcomes: list[Outcome | None] = [None] * len(tasks)
+    reported: set[int] = set()
+
+    def final(i: int, rounds_left: int) -> bool:
+        o = outcomes[i]
+        return o is not None and (rounds_left == 0 or not o.completion.ok or o.parsed.ok)  # type: ignore[union-attr]
+
+    def report(idxs: list[int], rounds_left: int) -> None:
+        ready = [i for i in idxs if i not in reported and final(i, rounds_left)]
+        reported.update(ready)
+        if done is not None and ready:
+            done([outcomes[i] for i in ready])  # type: ignore[misc]
+
     by_judge: dict[int, list[int]] = {}
     for i, t in enumerate(tasks):
         by_judge.setdefault(t.judge_idx, []).append(i)
     for j, idxs in by_judge.items():
-        comps = backends[j].generate([tasks[i].request for i in idxs], progress)
-        for i, c in zip(idxs, comps):
-            outcomes[i] = Outcome(tasks[i], _parse(tasks[i], c.text) if c.ok else None, c, 1)
-        for _ in range(retries):
-            redo = [i for i in idxs if outcomes[i].completion.ok and not outcomes[i].parsed.ok]  # type: ignore[union-attr]
+        def first(results: list[tuple[int, Completion]], idxs: list[int] = idxs) -> None:
+            for k, c in results:
+                i = idxs[k]
+                outcomes[i] = Outcome(tasks[i], _parse(tasks[i], c.text) if c.ok else None, c, 1)
+            report([idxs[k] for k, _ in results], retries)
+
+        backends[j].generate([tasks[i].request for i in idxs], progress, on_results=first)
+        for n in range(retries):
+            redo = [i for i in idxs if i not in reported]
             if not redo:
                 break
             reqs = [retry_request(tasks[i].request, outcomes[i].completion.text, outcomes[i].parsed.error) for i in redo]  # type: ignore[union-attr]
-            for i, c in zip(redo, backends[j].generate(reqs)):
-                prev = outcomes[i]
-                outcomes[i] = Outcome(tasks[i], _parse(tasks[i], c.text) if c.ok else prev.parsed, c if c.ok else prev.completion,
-                                      prev.attempts + 1, prev.first_raw or prev.completion.text)  # type: ignore[union-attr]
+
+            def again(results: list[tuple[int, Completion]], redo: list[int] = redo, left: int = retries - n - 1) -> None:
+                for k, c in results:
+                    i, prev = redo[k], outcomes[redo[k]]
+                    outcomes[i] = Outcome(tasks[i], _parse(tasks[i], c.text) if c.ok else prev.parsed,  # type: ignore[union-attr]
+                                          c if c.ok else prev.completion, prev.attempts + 1,  # type: ignore[union-attr]
+                                          prev.first_raw or prev.completion.text)  # type: ignore[union-attr]
+                report([redo[k] for k, _ in results], left)
+
+            backends[j].generate(reqs, on_results=again)
+        report(idxs, 0)
     return outcomes  # type: ignore[return-value]
 
 

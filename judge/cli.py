@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus = Corpus(args.db, create=False)
     backend, session, verify = None, None, None
     try:
-        limits = backend_limits(args, prefix="judge-")
+        limits = {**backend_limits(args, prefix="judge-"), "batch_size": args.judge_batch_size, "device": args.judge_device}
         if args.judge_backend:
             backend = backend_from_args(args, prefix="judge-")
         if on_ray:  # verifiers spread over the same cluster: the judge backend's session, or one of their own

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from backends import BackendError, add_backend_args, backend_from_args
+from backends import BackendError, add_backend_args, backend_from_args, backend_limits
 from corpus import ArgumentParser, Corpus, UserError
 from corpus.errors import report_incomplete
 
@@ -43,13 +43,15 @@ def eval_main(argv: Sequence[str]) -> int:
         raise UserError(f"--limit {args.limit}: give a positive number of pairs")
     corpus = Corpus(args.db, create=bool(args.labels))
     backend = None
-    if args.judge_backend:
-        try:
+    try:
+        # the rubric's own judges get --judge-batch-size, --judge-timeout, ... too
+        limits = {**backend_limits(args, prefix="judge-"), "batch_size": args.judge_batch_size, "device": args.judge_device}
+        if args.judge_backend:
             backend = backend_from_args(args, prefix="judge-")
-        except BackendError as e:
-            raise UserError(str(e)) from None
+    except BackendError as e:
+        raise UserError(str(e)) from None
     report = run_judge_eval(corpus, args.rubric, labels=args.labels, source=args.source, heldout_of=args.heldout_of,
-                            split=args.split, limit=args.limit, backend=backend, seed=args.seed, plot=args.plot,
+                            split=args.split, limit=args.limit, backend=backend, seed=args.seed, plot=args.plot, limits=limits,
                             progress=not args.quiet and not args.json, argv=["judge", "eval", *argv])
     if args.json:
         print(json.dumps(report, indent=2))

@@ -198,9 +198,10 @@ def pairwise_outcomes(corpus: Corpus, rubric: Rubric, pairs: list[dict[str, Any]
 def run_judge_eval(corpus: Corpus, rubric_path: str, *, labels: str | None = None, source: str | None = None,
                    heldout_of: str | None = None, split: str | None = None, limit: int | None = None,
                    backend: Backend | None = None, seed: int = 0, plot: str | None = None, progress: bool = True,
-                   argv: list[str] | None = None) -> dict[str, Any]:
+                   argv: list[str] | None = None, limits: dict[str, Any] | None = None) -> dict[str, Any]:
     """Judge the labelled pairs with the rubric's judges (reusing stored judgments), compute the
-    figures, store them in judge_evals and optionally draw them; returns the report dict."""
+    figures, store them in judge_evals and optionally draw them; returns the report dict.
+    `limits` go to `run_judge` (the rubric's judges' batch size, timeout, prompt size limit)."""
     rubric = load_rubric(rubric_path)
     if plot and not Path(plot).parent.exists():
         raise UserError(f"--plot {plot}: folder {Path(plot).parent} does not exist; create it first")
@@ -211,7 +212,7 @@ def run_judge_eval(corpus: Corpus, rubric_path: str, *, labels: str | None = Non
               "labels": name, "labels_hash": labels_hash, "pairs": len(pairs), "seed": seed}
     with corpus.run("judge eval", config, argv=argv) as run:
         summary = run_judge(corpus, rubric_path, where="g.id IN (" + ", ".join(f"'{g}'" for g in gens) + ")",
-                            backend=backend, progress=progress)
+                            backend=backend, progress=progress, limits=limits)
         with corpus.session():
             outcomes = (pointwise_outcomes if rubric.mode == "pointwise" else pairwise_outcomes)(corpus, rubric, pairs)
         # this configuration's judges only: other judges stored under the rubric are not measured here

@@ -23,13 +23,15 @@ import math
 from typing import Any, Callable, Iterator
 
 from backends import Backend, ChatRequest, Completion, SamplingParams
+from backends.hf import MAX_BATCH_TOKENS, token_batches
 from corpus import Failure, Flag, Judgment, Record, UserError
 
 from .render import FENCE_RULE, fence, render_conversation
 from .rubric import Criterion, JudgeSpec, Rubric
 
 TOP = 20  # alternatives asked of servers (the OpenAI API's maximum)
-CHUNK = 256  # judgments per batch between writes
+WINDOW = 256  # judge prompts rendered at a time
+STREAM = 16  # judgments per write where the backend scores remotely (each call is cached as it arrives)
 PAIR_LABELS = ("A", "B")
 
 
@@ -111,27 +113,48 @@ def check_backends(specs: list[JudgeSpec], backends: list[Backend], fields: list
 def judge(rubric: Rubric, backends: list[Backend], fields: list[dict], run_id: str,
           progress: Callable[[int], None]) -> Iterator[tuple[list[Record], dict[str, int]]]:
     """Judgment records (and flags, failures) for the logprob judges' missing judgments, and their
-    counts by status, a chunk at a time so that the caller saves each chunk as it is done."""
-    for start in range(0, len(fields), CHUNK):
-        chunk = fields[start : start + CHUNK]
-        recs: list[Record] = []
-        counts = {"ok": 0, "retried": 0, "failed": 0, "transient": 0}
-        by_judge: dict[int, list[dict]] = {}
-        for f in chunk:
-            by_judge.setdefault(f["_j"], []).append(f)
-        for j, fs in by_judge.items():
-            pair = fs[0]["target_kind"] == "pair"
-            if pair:
-                reqs = [pairwise_request(rubric, f["_c"], f["_first"]["messages"], f["_first"]["response"],
-                                         f["_second"]["response"]) for f in fs]
-                results = label_logprobs(backends[j], reqs, PAIR_LABELS)
-            else:
-                reqs = [pointwise_request(rubric, f["_c"], f["_g"]["messages"], f["_g"]["response"]) for f in fs]
-                results = _pointwise_results(backends[j], reqs, fs)
-            for f, (result, transient) in zip(fs, results):
-                recs.extend(_records(f, result, transient, run_id, counts))
-            progress(len(fs))
-        yield recs, counts
+    counts by status, one forward batch at a time (the hf backend's batch; elsewhere STREAM
+    requests), so that the caller saves each as it is done: a stopped job keeps all but one batch."""
+    by_judge: dict[int, list[dict]] = {}
+    for f in fields:
+        by_judge.setdefault(f["_j"], []).append(f)
+    for j, all_fs in by_judge.items():
+        for start in range(0, len(all_fs), WINDOW):  # prompts rendered a window at a time: flat memory
+            fs = all_fs[start : start + WINDOW]
+            reqs = [_request_of(rubric, f) for f in fs]
+            for part in _batches(backends[j], reqs):
+                recs: list[Record] = []
+                counts = {"ok": 0, "retried": 0, "failed": 0, "transient": 0}
+                pfs, preqs = [fs[i] for i in part], [reqs[i] for i in part]
+                if pfs[0]["target_kind"] == "pair":
+                    results = label_logprobs(backends[j], preqs, PAIR_LABELS)
+                else:
+                    results = _pointwise_results(backends[j], preqs, pfs)
+                for f, (result, transient) in zip(pfs, results):
+                    recs.extend(_records(f, result, transient, run_id, counts))
+                progress(len(pfs))
+                yield recs, counts
+
+
+def _request_of(rubric: Rubric, f: dict) -> ChatRequest:
+    if f["target_kind"] == "pair":
+        return pairwise_request(rubric, f["_c"], f["_first"]["messages"], f["_first"]["response"], f["_second"]["response"])
+    return pointwise_request(rubric, f["_c"], f["_g"]["messages"], f["_g"]["response"])
+
+
+def _batches(backend: Backend, reqs: list[ChatRequest]) -> list[list[int]]:
+    """Request indexes in the groups to score and save together. With a local scorer: exactly its
+    forward batches (longest first, cut by rows and by padded tokens, as backends/hf.py cuts
+    them), so each batch is saved before the next one runs; elsewhere STREAM at a time."""
+    scorer = _scorer(backend)
+    tokens = getattr(scorer, "prompt_ids", None) or getattr(getattr(scorer, "inner", None), "prompt_ids", None)
+    if scorer is None or tokens is None:
+        return [list(range(s, min(s + STREAM, len(reqs)))) for s in range(0, len(reqs), STREAM)]
+    lengths = [len(tokens(r)) for r in reqs]
+    order = sorted(range(len(reqs)), key=lambda i: -lengths[i])
+    cuts = token_batches([lengths[i] for i in order], getattr(scorer, "batch_size", STREAM),
+                         getattr(scorer, "max_batch_tokens", MAX_BATCH_TOKENS))
+    return [order[a:b] for a, b in cuts]
 
 
 def _pointwise_results(backend: Backend, reqs: list[ChatRequest], fs: list[dict]) -> list[tuple[Any, bool]]:

@@ -10,14 +10,14 @@ identical requests made under another rubric name.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import duckdb
 import pyarrow as pa
 
 from backends import Backend, BackendError, CachedBackend, load_backend
 from backends.embedded import EMBEDDED_NAME
-from corpus import BatchWriter, Corpus, Flag, Judgment, Record, UserError, content_id
+from corpus import Corpus, Flag, Judgment, Record, UserError, content_id
 from corpus.sqlcheck import where_query
 from corpus.progress import progress as progress_display
 
@@ -28,9 +28,11 @@ from .render import pointwise_request
 from .rubric import JudgeSpec, Rubric, load_rubric
 from .verifiers import preflight, resolve_reward_model, run_verifier, unsafe_allowed
 
-# judge calls per batch between judgment writes; the calls themselves are saved as they arrive
-# (CachedBackend), so a killed job loses only those in flight and a rerun rebuilds the rest
-CHUNK = 256
+# judge requests rendered at a time: a prompt is rendered only shortly before it is sent, so memory
+# does not grow with the number of judgments; judgments are stored as each answer is final (ask)
+WINDOW = 256
+# code_exec answers per sandbox round between judgment writes (a round runs them on two workers)
+VERIFIER_CHUNK = 16
 
 
 def judgment_id(fields: dict[str, Any]) -> str:
@@ -85,7 +87,8 @@ class Judges:
         self.rubric, self.corpus, self.run_id = rubric, corpus, run_id
         self.given = backend
         self.prefix_reuse = prefix_reuse
-        self.limits = limits or {}  # --judge-timeout, --judge-max-prompt-bytes for the rubric's judges
+        # --judge-timeout, --judge-max-prompt-bytes (and for hf, --judge-batch-size, --judge-device) for the rubric's judges
+        self.limits = limits or {}
         if backend is not None:
             inner = backend.inner if isinstance(backend, CachedBackend) else backend
             base = rubric.judges[0] if rubric.judges else JudgeSpec()
@@ -105,6 +108,8 @@ class Judges:
                     opts = {"base_url": spec.base_url, "api_key_env": spec.api_key_env} if spec.backend == "openai" else {}
                     if spec.backend == "openai" and "timeout" in self.limits:
                         opts["timeout"] = self.limits["timeout"]
+                    if spec.backend == "hf":  # --judge-batch-size / --judge-device reach the rubric's hf judges too
+                        opts.update({k: self.limits[k] for k in ("batch_size", "device") if self.limits.get(k) is not None})
                     inner = load_backend(spec.backend, spec.model, **opts)
                     if "max_prompt_bytes" in self.limits:
                         inner.max_prompt_bytes = self.limits["max_prompt_bytes"]
@@ -143,8 +148,9 @@ def run_judge(corpus: Corpus, rubric_path: str, where: str | None = None, backen
     """Judge the candidates (generations joined with prompts, filtered by `where`) under a rubric.
 
     backend=None uses the rubric's judges; `limits` ({"timeout": s, "max_prompt_bytes": n},
-    from `backends.backend_limits`) apply to them. `verify` replaces `run_verifier` (on Ray:
-    judge/ray_verifiers.py). Returns a summary dict: judged, cached, parse
+    from `backends.backend_limits`, optionally "batch_size" and "device" for hf judges) apply to them.
+    `verify` replaces `run_verifier` (on Ray: judge/ray_verifiers.py). Each judgment is stored as soon
+    as it is final, so a stopped run keeps every one it finished. Returns a summary dict: judged, cached, parse
     failures, flags by kind, score distribution per criterion.
     """
     rubric = load_rubric(rubric_path)
@@ -187,57 +193,54 @@ def _judge(corpus: Corpus, rubric: Rubric, cands: list[dict], judges: Judges, ru
             if isinstance(r, Flag):
                 flags[r.kind] = flags.get(r.kind, 0) + 1
 
-    with BatchWriter(corpus, every=2048, seconds=5.0) as writer:
-        if rubric.mode == "pointwise":
-            wanted = [*pointwise_fields(rubric, judges, cands), *_verifier_fields(rubric, cands)]
-        else:
-            wanted = pairwise.fields(rubric, judges.names, judges.specs, cands)
-        with corpus.session():
-            todo = _missing(corpus, wanted)
-        counts["cached"] = len(wanted) - len(todo)
-        touched = {f["target_id"] if f["target_kind"] == "generation" else f["generation_a"] for f in todo}
-        touched |= {f["generation_b"] for f in todo if f.get("generation_b")}
-        hydrate(corpus, cands, touched)
-        llm = [f for f in todo if not f["judge"].startswith("verifier:")]
-        ver = [f for f in todo if f["judge"].startswith("verifier:")]
-        by_logprob = [f for f in llm if judges.specs[f["_j"]].method == "logprob"]  # no decoding: judge/logprob.py
-        llm = [f for f in llm if judges.specs[f["_j"]].method != "logprob"]
-        if by_logprob:
-            logprob.check_backends(judges.specs, judges.backends(), by_logprob)
+    def save(recs: list[Record], st: dict[str, int] | None = None) -> None:
+        """Store judgments the moment they are final: a stopped or killed job keeps all of them."""
+        for k, v in (st or {}).items():
+            counts[k] += v
+        note(recs)
+        corpus.insert(recs)
+
+    if rubric.mode == "pointwise":
+        wanted = [*pointwise_fields(rubric, judges, cands), *_verifier_fields(rubric, cands)]
+    else:
+        wanted = pairwise.fields(rubric, judges.names, judges.specs, cands)
+    with corpus.session():
+        todo = _missing(corpus, wanted)
+    counts["cached"] = len(wanted) - len(todo)
+    touched = {f["target_id"] if f["target_kind"] == "generation" else f["generation_a"] for f in todo}
+    touched |= {f["generation_b"] for f in todo if f.get("generation_b")}
+    hydrate(corpus, cands, touched)
+    llm = [f for f in todo if not f["judge"].startswith("verifier:")]
+    ver = [f for f in todo if f["judge"].startswith("verifier:")]
+    by_logprob = [f for f in llm if judges.specs[f["_j"]].method == "logprob"]  # no decoding: judge/logprob.py
+    llm = [f for f in llm if judges.specs[f["_j"]].method != "logprob"]
+    if by_logprob:
+        logprob.check_backends(judges.specs, judges.backends(), by_logprob)
+    if llm:
         with progress_display(f"judging {rubric.name} v{rubric.version}", len(llm), progress) as tick:
-            # a batch-mode judge gets every request at once: one provider batch, not one per chunk
-            size = len(llm) or 1 if any(getattr(getattr(b, "inner", b), "batch", None) for b in judges.backends()) else CHUNK
+            # a batch-mode judge gets every request at once: one provider batch, not one per window
+            size = len(llm) or 1 if any(getattr(getattr(b, "inner", b), "batch", None) for b in judges.backends()) else WINDOW
             for start in range(0, len(llm), size):
-                chunk = llm[start : start + size]
                 tasks = [pairwise.task(rubric, judges, f) if rubric.mode != "pointwise" else _pointwise_task(rubric, judges, f)
-                         for f in chunk]
-                recs, st = to_records(ask(judges.backends(), tasks, rubric.retries, tick), run_id)
-                for k, v in st.items():
-                    counts[k] += v
-                note(recs)
-                writer.add(recs)
-        if by_logprob:
-            with progress_display(f"logprob judging {rubric.name} v{rubric.version}", len(by_logprob), progress) as tick:
-                for recs, st in logprob.judge(rubric, judges.backends(), by_logprob, run_id, tick):
-                    for k, v in st.items():
-                        counts[k] += v
-                    note(recs)
-                    writer.add(recs)
-        if ver:
-            infra: list[str] = []
-            recs = _run_verifiers(corpus, rubric, ver, run_id, unsafe_exec, infra, verify)
-            counts["transient"] += len(infra)
-            if infra:
-                counts["sandbox_failure"] = infra[0][:300]  # the first one, so the user sees why
-            for r in recs:
-                if isinstance(r, Judgment):
-                    counts["failed" if r.parse_status == "failed" else "ok"] += 1
-            note(recs)
-            writer.add(recs)
-        inj = _injection_flags(corpus, cands, touched, run_id)
-        note(inj)
-        writer.add(inj)
-        writer.flush()
+                         for f in llm[start : start + size]]
+                ask(judges.backends(), tasks, rubric.retries, tick, done=lambda outs: save(*to_records(outs, run_id)))
+    if by_logprob:
+        with progress_display(f"logprob judging {rubric.name} v{rubric.version}", len(by_logprob), progress) as tick:
+            for recs, st in logprob.judge(rubric, judges.backends(), by_logprob, run_id, tick):
+                save(recs, st)
+    if ver:
+        infra: list[str] = []
+
+        def save_verified(recs: list[Record]) -> None:
+            judged = [r for r in recs if isinstance(r, Judgment)]
+            failed = sum(r.parse_status == "failed" for r in judged)
+            save(recs, {"ok": len(judged) - failed, "failed": failed})
+
+        _run_verifiers(corpus, rubric, ver, run_id, unsafe_exec, infra, verify, save=save_verified)
+        counts["transient"] += len(infra)
+        if infra:
+            counts["sandbox_failure"] = infra[0][:300]  # the first one, so the user sees why
+    save(_injection_flags(corpus, cands, touched, run_id))
     counts["judged"] = counts["ok"] + counts["retried"] + counts["failed"]
     if judges._loaded:
         counts["calls_cached"] = sum(b.hits for b in judges._loaded if isinstance(b, CachedBackend))
@@ -281,29 +284,47 @@ def _verifier_fields(rubric: Rubric, cands: list[dict]) -> Iterator[dict]:
 
 
 def _run_verifiers(corpus: Corpus, rubric: Rubric, fields: list[dict], run_id: str, unsafe_exec: bool = False,
-                   transient: list[str] | None = None, verify: Any = None) -> list[Record]:
-    """The verifier judgments; an infrastructure failure adds a line to `transient` and stores nothing."""
+                   transient: list[str] | None = None, verify: Any = None,
+                   save: Callable[[list[Record]], None] | None = None) -> list[Record]:
+    """The verifier judgments; an infrastructure failure adds a line to `transient` and stores nothing.
+
+    With `save`, code_exec judgments are handed to it VERIFIER_CHUNK answers at a time as the
+    sandbox finishes them (and the list returned holds only what was not saved)."""
     transient = [] if transient is None else transient
     recs: list[Record] = []
     by_criterion: dict[str, list[dict]] = {}
     for f in fields:
         by_criterion.setdefault(f["criterion"], []).append(f)
-    for name, fs in by_criterion.items():
-        spec = fs[0]["_c"].verifier
-        items = [(f["_g"], f["_g"]["response"]) for f in fs]
-        results = verify(spec, items, corpus) if verify else run_verifier(spec, items, corpus, unsafe_exec)
-        for f, r in zip(fs, results):
-            if r.transient:  # the sandbox failed, not the answer: store nothing, the next run asks again
-                transient.append(f"{name}: {r.error}")
-                continue
-            meta = {"detail": r.detail, "score_norm": r.score}
-            if r.error:
-                meta["error"] = r.error
-            recs.append(Judgment(**_record_fields(f), score=r.score, parse_status="failed" if r.score is None else "ok",
-                                 meta=meta, run_id=run_id, sandbox=r.detail.get("isolation")))
-            if r.score is None:
-                recs.append(Flag(target_id=f["target_id"], kind="verifier_failed", stage="judge", run_id=run_id,
-                                 reason=f"{name}: {r.error}"[:300], details={"criterion": name}))
+    for name, all_fs in by_criterion.items():
+        spec = all_fs[0]["_c"].verifier
+        # other verifiers are instant, or load a model per call (reward_model): one round each
+        step = VERIFIER_CHUNK if save is not None and spec.type == "code_exec" else len(all_fs)
+        for start in range(0, len(all_fs), step):
+            fs = all_fs[start : start + step]
+            items = [(f["_g"], f["_g"]["response"]) for f in fs]
+            results = verify(spec, items, corpus) if verify else run_verifier(spec, items, corpus, unsafe_exec)
+            done = _verifier_records(name, fs, results, run_id, transient)
+            if save is not None:
+                save(done)
+            else:
+                recs.extend(done)
+    return recs
+
+
+def _verifier_records(name: str, fs: list[dict], results: list, run_id: str, transient: list[str]) -> list[Record]:
+    recs: list[Record] = []
+    for f, r in zip(fs, results):
+        if r.transient:  # the sandbox failed, not the answer: store nothing, the next run asks again
+            transient.append(f"{name}: {r.error}")
+            continue
+        meta = {"detail": r.detail, "score_norm": r.score}
+        if r.error:
+            meta["error"] = r.error
+        recs.append(Judgment(**_record_fields(f), score=r.score, parse_status="failed" if r.score is None else "ok",
+                             meta=meta, run_id=run_id, sandbox=r.detail.get("isolation")))
+        if r.score is None:
+            recs.append(Flag(target_id=f["target_id"], kind="verifier_failed", stage="judge", run_id=run_id,
+                             reason=f"{name}: {r.error}"[:300], details={"criterion": name}))
     return recs
 
 

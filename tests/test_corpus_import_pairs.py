@@ -198,3 +198,28 @@ def test_limit_below_one_is_rejected(tmp_path, limit):
     r = subprocess.run([sys.executable, "-m", "corpus", "--db", str(tmp_path / "c.duckdb"), "import-pairs", str(f),
                         "--limit", limit], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and f"--limit {limit}" in r.stderr, r.stderr
+
+
+def test_imported_texts_are_stored_byte_for_byte(tmp_path, corpus):
+    """Whitespace is part of what people labelled (code indentation, a trailing newline, a
+    leading space): JudgeBench answers used to lose it (24 of 350 differed from the source)."""
+    jb_a, jb_b = "  def f(x):\n      return x\n\n", "\tplain answer with a tab and a trailing space "
+    question = "\n  Which function is right?  \n"
+    trl_chosen, hh_reply = "Blue.\n", "  indented reply\n"
+    uf = [" best answer ", "worst\n"]
+    f = _write(tmp_path / "mixed.jsonl", [
+        {"question": question, "response_A": jb_a, "response_B": jb_b, "label": "A>B"},
+        {"prompt": "Name a colour. ", "chosen": trl_chosen, "rejected": "No."},
+        {"chosen": HH + hh_reply, "rejected": HH + "Rex"},
+        {"prompt": "Explain rain.", "completions": [{"response": uf[0], "score": 9}, {"response": uf[1], "score": 1}]},
+    ])
+    import_pairs(corpus, f)
+    stored = {r["chosen"]: r for r in _pairs(corpus)}
+    assert stored[jb_a]["rejected"] == jb_b
+    assert json.loads(stored[jb_a]["messages"]) == [{"role": "user", "content": question}]
+    assert json.loads(stored[trl_chosen]["messages"]) == [{"role": "user", "content": "Name a colour. "}]
+    # HH-RLHF's own separator (the one space after 'Assistant:') is format, the rest is the reply
+    assert stored[hh_reply]["rejected"] == "Rex"
+    assert stored[uf[0]]["rejected"] == uf[1]
+    responses = {r["response"] for r in corpus.query("SELECT response FROM generations")}
+    assert {jb_a, jb_b, trl_chosen, hh_reply, *uf} <= responses
