@@ -323,13 +323,17 @@ class SharedCalls:
         for _ in range(senders):
             threading.Thread(target=self._loop, name="judge-calls", daemon=True).start()
 
-    def generate(self, requests: list, progress: Any = None) -> list:
-        """What `calls.ask` calls: this group's completions, in order."""
+    def generate(self, requests: list, progress: Any = None, on_results: Any = None) -> list:
+        """What `calls.ask` calls: this group's completions, in order, also handed to `on_results`
+        (ask builds its outcomes from that callback)."""
         if not requests:
             return []
         fut: Future = Future()
         self._q.put((list(requests), fut))
-        return fut.result()
+        comps = fut.result()
+        if on_results is not None:
+            on_results(list(enumerate(comps)))
+        return comps
 
     def _loop(self) -> None:
         while True:
