@@ -137,8 +137,12 @@ def check_passes(text: str, check: Check) -> bool:
     return bool(ct.test(text, **{names.get(k, k): check[k] for k in ct.fields}))
 
 
+def _by_type(name: str) -> Callable[[str, Check], bool]:
+    return lambda text, check: check_passes(text, {**check, "type": name})
+
+
 # type -> fn(text, check): the shape the callers had before the registry
-CHECKS: dict[str, Callable[[str, Check], bool]] = {name: check_passes for name in CHECK_TYPES}
+CHECKS: dict[str, Callable[[str, Check], bool]] = {name: _by_type(name) for name in CHECK_TYPES}
 
 
 def check_label(check: Check) -> str:

@@ -92,9 +92,11 @@ def expected() -> list[bool]:
 
 
 def test_registry_verdicts(expected):
-    from checks import check_passes
+    from checks import CHECKS, check_passes
 
     assert [check_passes(r, c) for c, r, _ in CASES] == expected
+    # the type -> fn(text, check) map the loop and older callers use: the key decides the type
+    assert [CHECKS[c["type"]](r, {k: v for k, v in c.items() if k != "type"}) for c, r, _ in CASES] == expected
 
 
 def test_judge_verifier_agrees(corpus, expected):
