@@ -13,6 +13,7 @@ Prints, per check type, how many verdicts agree and which side passed the others
 
     python bench/ifeval_agreement.py                # 60 prompts x 2 samples, about 10 min on 2 cores
     python bench/ifeval_agreement.py --replies r.jsonl --show 5
+    python bench/ifeval_agreement.py --test-cases   # the test suite's tricky replies
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from checks import check_passes  # noqa: E402
+from checks import check_passes, validate_check  # noqa: E402
 
 QUESTIONS = [
     "Explain how a bicycle's gears make climbing a hill easier.", "What should I pack for a two-day hike?",
@@ -49,6 +50,11 @@ QUESTIONS = [
 ]
 
 
+def fail(msg: str) -> None:
+    print(f"ifeval_agreement: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def load_ifeval() -> Any:
     """lm-eval's ifeval modules without lm_eval.tasks' task manager (which needs all of lm-eval's
     dependencies). nltk's punkt data is not needed by the instructions compared here (words are
@@ -56,8 +62,8 @@ def load_ifeval() -> Any:
     network for it."""
     spec = importlib.util.find_spec("lm_eval")
     if spec is None or not spec.submodule_search_locations:
-        sys.exit("the official IFEval checker is not installed: pip install --no-deps lm-eval==0.4.13 && "
-                 "pip install 'nltk>=3.9.1' langdetect immutabledict")
+        fail("the official IFEval checker is not installed: pip install --no-deps lm-eval==0.4.13 && "
+             "pip install 'nltk>=3.9.1' langdetect immutabledict")
     base = Path(list(spec.submodule_search_locations)[0])
     import nltk
 
@@ -149,14 +155,21 @@ def model_replies(n: int, samples: int, max_new_tokens: int, seed: int) -> list[
 
 
 def read_replies(path: str) -> list[dict[str, Any]]:
+    if not Path(path).is_file():
+        fail(f"--replies {path}: no such file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                d = json.loads(line)
-                if not isinstance(d, dict) or not isinstance(d.get("reply"), str) or not isinstance(d.get("checks"), list):
-                    sys.exit(f"{path}:{i}: expected {{\"reply\": str, \"checks\": [...]}}")
-                rows.append(d)
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except ValueError:
+            d = None
+        if not isinstance(d, dict) or not isinstance(d.get("reply"), str) or not isinstance(d.get("checks"), list):
+            fail(f"{path}:{i}: expected a JSON object {{\"reply\": str, \"checks\": [...]}}")
+        if bad := next((err for c in d["checks"] if (err := validate_check(c))), None):
+            fail(f"{path}:{i}: {bad}")
+        rows.append(d)
     return rows
 
 
@@ -180,6 +193,8 @@ def agreement(utils: Any, rows: list[dict[str, Any]]) -> tuple[dict[str, dict[st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--replies", help="JSONL of {reply, checks} instead of generating with the embedded model")
+    ap.add_argument("--test-cases", action="store_true",
+                    help="the tricky replies of tests/test_checks.py instead of generating")
     ap.add_argument("--n", type=int, default=60, help="prompts to synthesize (default 60)")
     ap.add_argument("--samples", type=int, default=2, help="replies per prompt (default 2)")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="reply cap in tokens (default 256)")
@@ -189,12 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     utils = load_ifeval()
     t0 = time.time()
-    rows = read_replies(a.replies) if a.replies else model_replies(a.n, a.samples, a.max_new_tokens, a.seed)
+    if a.test_cases:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from test_checks import CASES
+
+        rows = [{"reply": r, "checks": [c]} for c, r, _ in CASES]
+    else:
+        rows = read_replies(a.replies) if a.replies else model_replies(a.n, a.samples, a.max_new_tokens, a.seed)
     gen_s = time.time() - t0
     if a.save:
         Path(a.save).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     table, differ = agreement(utils, rows)
-    print(f"replies: {len(rows)} ({'from ' + a.replies if a.replies else f'embedded model, {gen_s:.0f} s'}); "
+    source = "tests/test_checks.py" if a.test_cases else a.replies or f"embedded model, {gen_s:.0f} s"
+    print(f"replies: {len(rows)} ({source}); "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'check type':16} {'n':>4} {'agree':>6} {'rate':>6} {'both pass':>10} {'only engine':>12} {'only IFEval':>12}")
     tot = {"n": 0, "agree": 0}
