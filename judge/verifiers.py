@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+import checks as checks_registry
 from corpus import Corpus, UserError
 
 from .rubric import VerifierSpec
@@ -202,39 +202,14 @@ def length(spec: VerifierSpec, items: list[Item]) -> list[VerifierResult]:
 
 
 # -- checkable instructions (train synthesizes them in prompt meta["checks"]) --------------------
+# The checks themselves live in the `checks` registry, shared with train's eval.
 
-def _bullets(t: str) -> int:
-    return len(re.findall(r"^\s*(?:[-*•]|\d+[.)])\s+\S", t, re.MULTILINE))
-
-
-def _is_json(t: str) -> bool:
-    try:
-        _first_json(t)
-        return True
-    except (json.JSONDecodeError, ValueError):
-        return False
-
-
-def _paragraphs(t: str) -> int:
-    return len([p for p in re.split(r"\n\s*\n|^\s*\*\*\*\s*$", t.strip(), flags=re.MULTILINE) if p.strip()])
-
-
-CHECKS: dict[str, Callable[[str, dict[str, Any]], bool]] = {
-    "bullet_count": lambda t, c: _bullets(t) == int(c["n"]),
-    "include_word": lambda t, c: re.search(rf"\b{re.escape(str(c['word']))}\b", t, re.IGNORECASE) is not None,
-    "valid_json": lambda t, c: _is_json(t),
-    "max_words": lambda t, c: len(t.split()) <= int(c["n"]),
-    "min_words": lambda t, c: len(t.split()) >= int(c["n"]),
-    "lowercase": lambda t, c: t == t.lower(),
-    "no_commas": lambda t, c: "," not in t,
-    "ends_with": lambda t, c: t.rstrip().endswith(str(c["text"]).rstrip()),
-    "num_paragraphs": lambda t, c: _paragraphs(t) == int(c["n"]),
-}
+CHECKS = checks_registry.CHECKS
 
 
 def check_instruction(response: str, check: dict[str, Any]) -> bool:
-    """One checkable instruction; raises KeyError/ValueError on a malformed check."""
-    return CHECKS[check["type"]](response, check)
+    """One checkable instruction; raises ValueError on a malformed check."""
+    return checks_registry.check_passes(response, check)
 
 
 def checkable(spec: VerifierSpec, items: list[Item]) -> list[VerifierResult]:
@@ -244,16 +219,12 @@ def checkable(spec: VerifierSpec, items: list[Item]) -> list[VerifierResult]:
         if not isinstance(checks, list) or not checks:
             out.append(VerifierResult(None, error="prompt has no meta.checks; this verifier needs checkable instructions"))
             continue
-        results, bad = [], None
-        for c in checks:
-            try:
-                results.append({"type": c["type"], "passed": check_instruction(resp, c)})
-            except (KeyError, ValueError, TypeError) as e:
-                bad = f"malformed check {json.dumps(c)[:80]}: {type(e).__name__} {e}; known types: {', '.join(CHECKS)}"
-                break
+        bad = next((f"malformed check {json.dumps(c, default=str)[:80]}: {err}" for c in checks
+                    if (err := checks_registry.validate_check(c))), None)
         if bad:
             out.append(VerifierResult(None, error=bad))
         else:
+            results = [{"type": c["type"], "passed": ok} for c, ok in zip(checks, checks_registry.verdicts(resp, checks))]
             out.append(VerifierResult(sum(r["passed"] for r in results) / len(results), {"checks": results}))
     return out
 
