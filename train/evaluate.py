@@ -120,6 +120,7 @@ def reply_metrics(prompts: list[dict[str, Any]], replies: list[str], prefix: str
             for c, ok in zip(p["checks"], run_checks(r, p["checks"]).values()):
                 by.setdefault(c["type"], []).append(ok)
         m[f"{prefix}pass_rate_by_check"] = {k: sum(v) / len(v) for k, v in sorted(by.items())}
+        m[f"{prefix}n_by_check"] = {k: len(v) for k, v in sorted(by.items())}
     return m
 
 
