@@ -176,7 +176,12 @@ def test_eval_cap_budget_pooling_and_barren_types(tmp_path, tiny_model_dir):
     assert b0["next_left_out"] == ["max_words"]
     # "Zebra says hi" and "a calm..." fit 6 tokens, "Zebra zebra" too: nothing cut, and the share says so
     assert b0["truncated_share"] == 0.0
-    assert set(st[(1, "train")]["rows_by_round"]) == {"0", "1"}  # pooled: both rounds' pairs, by round
+    # pooled: round 1 trains on pairs over both rounds' candidates, each pair's rounds recorded
+    tr1 = st[(1, "train")]
+    assert sum(tr1["rows_by_round"].values()) == tr1["rows"] > 0
+    assert set(tr1["rows_by_round"]) <= {"0/0", "0/1", "1/0", "1/1"}
+    m2 = corpus.query("SELECT config FROM models WHERE id = ?", [tr1["model_id"]])[0]
+    assert json.loads(m2["config"]).get("generated_by") is None  # not M1's samples alone
 
 
 def test_sft_warm_start_comes_before_round_zeros_dpo(tmp_path, tiny_model_dir):
@@ -233,3 +238,38 @@ def test_a_dead_backend_ends_in_one_line_and_the_same_command_resumes(tmp_path, 
     st = _stages(Corpus(tmp / "c.duckdb", create=False, read_only=True))
     assert st[(0, "train")]["trained"] and st[(0, "eval_base")]["trained_n"] >= 1
 
+
+
+def test_a_vllm_policy_keeps_one_engine_per_model_until_released(monkeypatch):
+    """The loop's eval of M_t and its rollouts of M_t open the same model: the second open reuses
+    the engine, `with` does not close it, another model or release() does."""
+    from backends.fake import FakeBackend
+    from train.policy import PolicyBackend
+
+    made: list[FakeBackend] = []
+    closed: list[str] = []
+
+    class Counted(FakeBackend):
+        def close(self) -> None:
+            closed.append(self.model)
+
+    def load(self, model, batch_size):  # noqa: ANN001, ANN202 - stands in for starting vLLM
+        made.append(Counted(model))
+        return made[-1]
+
+    monkeypatch.setattr(PolicyBackend, "_load", load)
+    p = PolicyBackend("vllm", keep_engine=True)
+    with p.open("m1") as a:
+        a.generate([])
+    with p.open("m1") as b:
+        assert b is a
+    assert len(made) == 1 and closed == []
+    with p.open("m2"):
+        pass
+    assert closed == ["m1"] and len(made) == 2
+    p.release()
+    assert closed == ["m1", "m2"]
+    unkept = PolicyBackend("vllm")
+    with unkept.open("m3"):
+        pass
+    assert closed[-1] == "m3"  # without keep_engine, `with` closes as before

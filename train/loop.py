@@ -459,20 +459,20 @@ class ModelLoop:
                 "on_policy": True, **extra}
 
     def _rows_by_round(self, ids: list[str], kind: str, done: dict) -> dict[str, int]:
-        """How many training rows each round's samples gave (a pair counts for its chosen reply's round)."""
+        """Training rows by the rounds whose samples they hold: 'chosen round/rejected round' for a
+        pair (pooled candidates can pair M_0's reply with M_1's), the reply's round for SFT."""
         rounds = {v["model"]: t for (t, st), v in done.items() if st == "generate" and "model" in v}
-        if not ids or not rounds:
+        if not ids:
             return {}
-        col = "pr.chosen_id" if kind == "dpo" else "pr.id"
-        src = "pairs pr" if kind == "dpo" else "generations pr"
-        rows = self.corpus.query(
-            f"SELECT g.model, count(*) AS n FROM {src} JOIN generations g ON g.id = {col} "
-            f"WHERE pr.id IN (SELECT unnest(?)) GROUP BY g.model", [ids])
-        out: dict[str, int] = {}
-        for r in rows:
-            key = str(rounds.get(r["model"], "other"))
-            out[key] = out.get(key, 0) + r["n"]
-        return out
+        if kind == "dpo":
+            rows = self.corpus.query(
+                "SELECT c.model AS a, r.model AS b FROM pairs pr JOIN generations c ON c.id = pr.chosen_id "
+                "JOIN generations r ON r.id = pr.rejected_id WHERE pr.id IN (SELECT unnest(?))", [ids])
+            keys = [f"{rounds.get(r['a'], '?')}/{rounds.get(r['b'], '?')}" for r in rows]
+        else:
+            rows = self.corpus.query("SELECT model AS a FROM generations WHERE id IN (SELECT unnest(?))", [ids])
+            keys = [str(rounds.get(r["a"], "?")) for r in rows]
+        return {k: keys.count(k) for k in sorted(set(keys))}
 
     def _agreement(self) -> float | None:
         if "judge_human_agreement" not in self.corpus.tables():
