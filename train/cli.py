@@ -78,7 +78,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--baseline", default=None, help="model to compare with (default: the model's base)")
     p.add_argument("--pairs", default=None, help="reward model: held-out pairs JSONL {prompt, chosen, rejected} (default: corpus pairs outside its release)")
     p.add_argument("--limit", type=int, default=None, help="use the first N prompts / pairs")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="reply length cap (default 128)")
+    p.add_argument("--max-new-tokens", type=int, default=384,
+                   help="reply length cap (default 384: above the longest reply a check needs)")
     p.add_argument("--trained-types", default=None, help="check types the model was trained on, comma-separated "
                    "(default: from the model's lineage); the rest are reported as held-out types")
     add_backend_args(p, prefix="judge-")  # name --judge-model/--judge-backend for an LLM win-rate judge

@@ -153,7 +153,7 @@ def label_judges(corpus: Corpus, release_id: str | None) -> set[str]:
 def run_eval(
     corpus: Corpus, model: str, prompts: str | Path | list[dict[str, Any]] | None = None, *,
     baseline: str | None = None, judge: Backend | None = None, pairs: str | None = None,
-    limit: int | None = None, max_new_tokens: int = 128, batch_size: int = 16,
+    limit: int | None = None, max_new_tokens: int = 384, batch_size: int = 16,
     progress: bool = True, argv: list[str] | None = None, policy: PolicyBackend | None = None,
     trained_types: set[str] | None = None, baseline_per_prompt: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:

@@ -63,7 +63,11 @@ class PolicyBackend:
                                     concurrency=self.concurrency)
             if self.name == "hf":
                 return load_backend("hf", model, batch_size=batch_size or self.batch_size, device=self.device)
-            return load_backend(self.name, model)
+            # on a CPU, vLLM's torch.compile at start costs minutes on 2 cores for every round's model
+            # (its cache missed each time here), more than it saves on a round's rollouts: eager there
+            import torch
+
+            return load_backend(self.name, model, enforce_eager=not torch.cuda.is_available())
         except BackendError as e:
             raise UserError(str(e)) from e
 

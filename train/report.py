@@ -109,9 +109,11 @@ def plot_rounds(rows: list[dict[str, Any]], path: str) -> None:
     ax[1][1].set_title("reward and judge agreement")
     ax[1][1].set_ylim(0, 1)
     ax[1][1].legend(fontsize=7)
+    # the sampling budget under each model, so the panels read as pass rate against compute
+    labels = [f"M{r['round']}\n{r.get('tokens_spent', 0) / 1000:.0f}k tok" for r in rows]
     for a in ax.flat:
-        a.set_xlabel("round (model M_t)")
-        a.set_xticks(xs)
+        a.set_xlabel("model M_t and the rollout tokens spent before it")
+        a.set_xticks(xs, labels, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
