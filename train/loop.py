@@ -77,8 +77,9 @@ class LoopConfig:
     algo: str = "dpo"
     heldout_types: list[str] | None = None
     prompts_per_step: int = 2
-    # DPO/SFT train on every round's released pairs so far (each pair's round is recorded), not
-    # only M_t's: a round whose samples give few pairs still learns from the earlier ones
+    # DPO/SFT train on all of the release's rows, which the filters build over every round's
+    # candidates (each pair's rounds are recorded), not only rows holding M_t's own samples: a round
+    # whose samples give few pairs still learns from the earlier rounds' replies
     pool_rounds: bool = True
     # types whose prompts gave no pair at M_0 are left out of later rollouts (reported in the budget)
     drop_barren_types: bool = True
@@ -400,8 +401,8 @@ class ModelLoop:
         return (keep, barren) if keep else (self.train_prompts, [])
 
     def _train(self, t: int, mid: str, gen_model: str, rel: str, done: dict) -> dict[str, Any]:
-        """Train M_{t+1} on what M_t's own samples taught; with nothing of M_t's in the release
-        the round says so and M_{t+1} = M_t (older rounds' data would be stale and off-policy)."""
+        """Train M_{t+1} on the round's release (pooled over rounds, or M_t's own samples with
+        pool_rounds off); with nothing to learn from the round says so and M_{t+1} = M_t."""
         cfg = self.cfg
         kill = _kill_point()
         cbs = [_kill_callback(kill[2])] if kill and kill[0] == t and kill[1] == "train" and kill[2] else []
@@ -427,7 +428,7 @@ class ModelLoop:
             extra = {"prompts": len(prompts)}
         else:
             kind = "dpo" if cfg.algo == "dpo" else "sft"
-            # pooled: every released row of this loop's rounds so far; else M_t's own samples only
+            # pooled: every released row, built over all rounds' candidates; else M_t's own samples only
             by = None if cfg.pool_rounds else gen_model
             try:
                 ts = training_set(self.corpus, "pair" if kind == "dpo" else "sft", rel, by)
@@ -452,11 +453,12 @@ class ModelLoop:
                 extra["warm_start"] = {"kind": "sft", "rows": sft_rows, "model_id": start if sft_rows else None}
             new = train_model(self.corpus, kind, base=start, out=out, beta=cfg.beta if cfg.beta is not None else 0.1,
                               callbacks=cbs, **train_kw)
-        algo = {"sft": "sft-rs", "dpo": "dpo" if not cfg.warm_start else "sft+dpo", "grpo": "grpo"}[cfg.algo]
+        warmed = cfg.algo != "grpo" and (extra.get("warm_start") or {}).get("model_id")
+        algo = {"sft": "sft-rs", "dpo": "sft+dpo" if warmed else "dpo", "grpo": "grpo"}[cfg.algo]
         set_training(self.corpus, new, algo, reward if cfg.algo != "grpo" else None,
                      config_extra={"trained_types": self.trained_types, "loop_id": self.loop_id})
         return {"model_id": new, "parent_id": mid, "release_id": rel, "trained": True, "algorithm": algo,
-                "on_policy": True, **extra}
+                "on_policy": cfg.algo == "grpo" or not cfg.pool_rounds, **extra}
 
     def _rows_by_round(self, ids: list[str], kind: str, done: dict) -> dict[str, int]:
         """Training rows by the rounds whose samples they hold: 'chosen round/rejected round' for a
