@@ -141,3 +141,34 @@ def resolve_model(model: str | None) -> str:
     if model in (None, "", "embedded", EMBEDDED_NAME):
         return str(embedded_model_dir())
     return model
+
+
+# the files that decide what a model folder generates: weights, config, tokenizer, chat template
+_IDENTITY_GLOBS = ("config.json", "generation_config.json", "*.safetensors", "pytorch_model*.bin", "tokenizer*",
+                   "special_tokens_map.json", "chat_template*", "vocab.json", "merges.txt")
+_identity_cache: dict[tuple[str, float, int], str] = {}
+
+
+def model_identity(model: str | None) -> str:
+    """What the corpus records as a model: the embedded name, a hub id as given, and for a local
+    folder its name plus a hash of the files that decide its replies, so the same weights get the
+    same id on every machine and a retrained folder at the same path gets a new one."""
+    if model in (None, "", "embedded", EMBEDDED_NAME):
+        return EMBEDDED_NAME
+    p = Path(str(model)).expanduser()
+    if not p.is_dir():
+        return str(model)
+    import hashlib
+
+    files = sorted({f for g in _IDENTITY_GLOBS for f in p.glob(g) if f.is_file()})
+    stat = [(f.name, f.stat().st_mtime, f.stat().st_size) for f in files]
+    key = (str(p.resolve()), max((s[1] for s in stat), default=0.0), sum(s[2] for s in stat))
+    if key not in _identity_cache:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        _identity_cache[key] = f"{p.name}@sha256:{h.hexdigest()[:16]}"
+    return _identity_cache[key]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import Backend, BackendError, ChatRequest, Completion, Deliver, Progress, TokenLogprob
-from .embedded import EMBEDDED_NAME, resolve_model
+from .embedded import EMBEDDED_NAME, model_identity, resolve_model
 
 _MASK64 = (1 << 64) - 1
 # padded tokens (rows x widest row) one forward batch may hold. Why: memory is per token, not per
@@ -178,7 +178,8 @@ class HFBackend(Backend):
         if max_batch_tokens < 1:
             raise BackendError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
         embedded = model in (None, "", "embedded", EMBEDDED_NAME)
-        self._model_id = EMBEDDED_NAME if embedded else str(model)
+        # a local folder is recorded by its content, not by a path that only this machine has
+        self._model_id = EMBEDDED_NAME if embedded else model_identity(model)
         super().__init__(self._model_id)
         self.path = resolve_model(model)
         self.batch_size = batch_size

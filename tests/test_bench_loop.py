@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
+    # no tight limit: on a loaded 2-core machine a smoke run takes minutes (it failed at 120 s, load 14);
+    # the hour only stops a run that hangs
     return subprocess.run([sys.executable, str(ROOT / "bench" / "loop.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=3600)
 
 
 def _corpus(path: Path, models: list[str]) -> Path:
@@ -52,7 +54,8 @@ def test_grpo_from_a_dpo_round_zero_trains_on_the_same_replies_and_release(tmp_p
     # the smoke preset: a tiny random model and a regex judge, so the numbers mean nothing; what is checked
     # is that the second algorithm generates and judges nothing new for round 0 and trains on the same release
     work = tmp_path / "w"
-    small = ("--preset", "smoke", "--rounds", "1", "--prompts", "12", "--eval-limit", "4", "--workdir", str(work))
+    small = ("--preset", "smoke", "--rounds", "1", "--prompts", "12", "--eval-trained", "4", "--eval-heldout", "2",
+             "--workdir", str(work))
     first = _bench(*small, "--algos", "dpo")
     assert first.returncode == 0, first.stderr[-2000:]
     second = _bench(*small, "--algos", "grpo", "--from-corpus", str(work / "dpo.duckdb"))
@@ -67,3 +70,29 @@ def test_grpo_from_a_dpo_round_zero_trains_on_the_same_replies_and_release(tmp_p
     assert g["judge"]["judged"] == 0
     assert g["train"]["algorithm"] == "grpo" and d["train"]["algorithm"] == "dpo"
     assert g["train"]["release_id"] == d["train"]["release_id"]
+
+
+def test_gpu_preset_plans_on_the_cpu_with_tiny_sizes(tmp_path):
+    """--plan runs what a GPU call checks first (settings through LoopConfig, the prompt split) and
+    loads no model; the eval's base prompts are never trained on."""
+    r = _bench("--preset", "gpu", "--plan", "--workdir", str(tmp_path), "--prompts", "30", "--eval-trained", "8",
+               "--eval-heldout", "4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    plan = json.loads(r.stdout.split("plan: ", 1)[1].split("; nothing run")[0])
+    assert plan == {"rollouts_per_round": 240, "rollout_token_cap": 256, "eval_prompts": 12, "eval_token_cap": 384,
+                    "evals": 4, "rounds": 3}
+    rows = {name: [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]
+            for name in ("prompts.jsonl", "eval_prompts.jsonl")}
+    assert len(rows["prompts.jsonl"]) == 30 and len(rows["eval_prompts.jsonl"]) == 12
+    assert not {x["base"] for x in rows["prompts.jsonl"]} & {x["base"] for x in rows["eval_prompts.jsonl"]}
+    held = [x for x in rows["eval_prompts.jsonl"] if x["checks"][0]["type"] in ("include_word", "ends_with")]
+    assert len(held) == 4
+    assert not any(x["checks"][0]["type"] in ("include_word", "ends_with") for x in rows["prompts.jsonl"])
+    assert not list(tmp_path.glob("*.duckdb"))  # nothing ran
+
+
+def test_a_bad_preset_value_is_one_line_exit_2(tmp_path):
+    r = _bench("--preset", "gpu", "--plan", "--workdir", str(tmp_path), "--n", "0")
+    assert r.returncode == 2 and "--n 0: give a positive number" in r.stderr.strip().splitlines()[-1]
+    r = _bench("--preset", "gpu", "--plan", "--workdir", str(tmp_path), "--warm-start", "rl")
+    assert r.returncode == 2 and "--warm-start rl" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr

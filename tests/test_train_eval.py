@@ -197,3 +197,29 @@ def test_cli_eval_openai_without_base_url_is_one_line_exit_2(tiny_model_dir, tmp
                         str(tiny_model_dir), "--prompts", str(tmp_path / "e.jsonl"), "--backend", "openai"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "--base-url" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_generation_records_a_local_model_by_content_not_path(tiny_model_dir, tmp_path):
+    """generations.model is the folder's name and a hash of what decides its replies: a copy at
+    another path is the same model, changed weights are another one."""
+    import shutil
+
+    from backends import load_backend
+    from backends.embedded import model_identity
+    from corpus import Corpus
+    from generate import run_generate
+    from generate.sources import load_prompts
+
+    copy = tmp_path / "elsewhere" / tiny_model_dir.name
+    shutil.copytree(tiny_model_dir, copy)
+    assert model_identity(str(copy)) == model_identity(str(tiny_model_dir))
+    assert model_identity("embedded") == "SmolLM2-135M-Instruct" and model_identity("org/name") == "org/name"
+    (tmp_path / "p.jsonl").write_text('{"prompt": "Say hi."}\n')
+    corpus = Corpus(tmp_path / "c.duckdb")
+    with load_backend("hf", str(copy)) as b:
+        run_generate(corpus, prompts=load_prompts(str(tmp_path / "p.jsonl"))[0], backend=b, n=1, progress=False)
+    (model,) = [r["model"] for r in corpus.query("SELECT DISTINCT model FROM generations")]
+    assert model == model_identity(str(tiny_model_dir)) and str(tmp_path) not in model
+    weights = next(copy.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    assert model_identity(str(copy)) != model_identity(str(tiny_model_dir))

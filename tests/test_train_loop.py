@@ -64,7 +64,7 @@ def _loop(tmp: Path, model: Path, *extra: str, kill: str | None = None) -> subpr
         env["RLAIF_LOOP_KILL_AT"] = kill
     cmd = [sys.executable, "-m", "train", "loop", "--db", str(tmp / "c.duckdb"), "--prompts", str(tmp / "prompts.jsonl"),
            "--rubric", str(tmp / "rubric.yaml"), "--filters-config", str(tmp / "filters.yaml"), "--base", str(model),
-           "--n", "3", "--max-new-tokens", "8", "--max-steps", "2", "--batch-size", "2",
+           "--n", "3", "--max-new-tokens", "8", "--eval-max-new-tokens", "8", "--max-steps", "2", "--batch-size", "2",
            "--max-length", "64", "--save-steps", "1", *extra]
     if "--rounds" not in extra:
         cmd += ["--rounds", "2"]
@@ -72,6 +72,7 @@ def _loop(tmp: Path, model: Path, *extra: str, kill: str | None = None) -> subpr
 
 
 def test_loop_waits_for_review_survives_sigkill_and_finishes_two_rounds(loop_files, tiny_model_dir):
+    from backends.embedded import model_identity
     from corpus import Corpus
 
     tmp = loop_files
@@ -105,23 +106,30 @@ def test_loop_waits_for_review_survives_sigkill_and_finishes_two_rounds(loop_fil
     m1 = c.query("SELECT * FROM models WHERE id = ?", [train0["model_id"]])[0]
     assert json.loads(m1["metrics"])["resumed_from"].endswith("checkpoint-1")
     assert json.loads(m1["metrics"])["steps"] == 2
-    # lineage: M0 (base) -> M1 -> M2, each DPO model trained on its own round's release
+    # lineage: M0 (base) -> M1 -> M2, each DPO model trained on its round's release
     models = {m["id"]: m for m in c.query("SELECT * FROM models")}
     m2 = next(m for m in models.values() if m["parent_id"] == m1["id"])
     assert models[m1["parent_id"]]["kind"] == "base" and m2["kind"] == "dpo"
-    assert m1["release_id"] != m2["release_id"]
     train1 = next(json.loads(s["result"]) for s in stages if (s["round"], s["stage"]) == (1, "train"))
-    if train1["on_policy"]:  # M1 learned from pairs holding M1's own samples
-        assert json.loads(m2["config"])["generated_by"] == m1["path"]
-    # round 0's generation was not redone by the two restarts; round 1 added M1's samples
+    # pooled: round 1 trained on the pairs built over both rounds' candidates, each pair's rounds
+    # recorded (here best and worst can still be M0's replies: then its release is round 0's)
+    assert json.loads(m2["config"])["generated_by"] is None and m2["release_id"] == train1["release_id"]
+    assert sum(train1["rows_by_round"].values()) == train1["rows"] > 0
+    assert set(train1["rows_by_round"]) <= {"0/0", "0/1", "1/0", "1/1"}
+    gen1 = next(json.loads(s["result"]) for s in stages if (s["round"], s["stage"]) == (1, "generate"))
+    # round 0's generation was not redone by the two restarts; round 1 added M1's samples; each
+    # model is recorded by its content (name@sha256:...), not by a path on this machine
     by_model = {r["model"]: r["n"] for r in c.query("SELECT model, count(*) AS n FROM generations GROUP BY model")}
-    assert by_model[str(tiny_model_dir)] == gens_round0 and by_model[m1["path"]] == gens_round0
+    m0_name, m1_name = model_identity(str(tiny_model_dir)), model_identity(m1["path"])
+    assert m0_name.startswith(tiny_model_dir.name + "@sha256:") and m1_name.startswith("policy@sha256:")
+    # round 1 samples the prompts whose types gave a pair at M0 (3 replies each)
+    assert by_model == {m0_name: gens_round0, m1_name: 3 * gen1["prompts"]} and gen1["prompts"] >= 1
     # round 0 trained a reward model; it joined round 1's jury and scored every M1 candidate
     rm0 = next(json.loads(s["result"]) for s in stages if (s["round"], s["stage"]) == (0, "rm"))["model_id"]
     assert models[rm0]["kind"] == "rm" and models[rm0]["parent_id"] == m1["parent_id"]
     scored = c.query("SELECT count(*) AS n FROM judgments j JOIN generations g ON g.id = j.target_id "
-                     "WHERE j.criterion = 'reward_model' AND g.model = ?", [m1["path"]])[0]["n"]
-    assert scored == gens_round0
+                     "WHERE j.criterion = 'reward_model' AND g.model = ?", [m1_name])[0]["n"]
+    assert scored == by_model[m1_name]
     c.close()
 
     r = subprocess.run([sys.executable, "-m", "train", "report", "--db", str(tmp / "c.duckdb"), "--plot",

@@ -57,16 +57,17 @@ def _reply(body):  # sampled replies differ by seed; greedy (eval) replies are l
     return "apple, Tree" if seed % 2 else "Zebra says hi"
 
 
-def _run(tmp: Path, srv, tiny: Path, algo: str = "dpo", rounds: int = 2):
+def _run(tmp: Path, srv, tiny: Path, algo: str = "dpo", rounds: int = 2, **kw):
     from corpus import Corpus
     from train.loop import run_loop
     from train.policy import PolicyBackend
 
     corpus = Corpus(tmp / "c.duckdb")
-    out = run_loop(corpus, str(tmp / "prompts.jsonl"), str(tmp / "rubric.yaml"), rounds, progress=False,
-                   base=str(tiny), filters_config=str(tmp / "filters.yaml"), auto_release=True, n=4,
-                   max_new_tokens=8, max_steps=1, batch_size=2, max_length=64, algo=algo, heldout_types=["no_commas"],
-                   policy=PolicyBackend("openai", base_url=srv.base_url, served_model="m0-served", api_key_env="NO_KEY"))
+    opts = dict(base=str(tiny), filters_config=str(tmp / "filters.yaml"), auto_release=True, n=4,
+                max_new_tokens=8, max_steps=1, batch_size=2, max_length=64, algo=algo, heldout_types=["no_commas"],
+                eval_every_round=True,
+                policy=PolicyBackend("openai", base_url=srv.base_url, served_model="m0-served", api_key_env="NO_KEY"))
+    out = run_loop(corpus, str(tmp / "prompts.jsonl"), str(tmp / "rubric.yaml"), rounds, progress=False, **{**opts, **kw})
     return corpus, out
 
 
@@ -131,3 +132,144 @@ def test_unknown_heldout_type_is_refused(tmp_path):
     _files(tmp_path, ".")
     with pytest.raises(UserError, match="--heldout-types nope: unknown check type"):
         LoopConfig(prompts=str(tmp_path / "prompts.jsonl"), rubric=str(tmp_path / "rubric.yaml"), heldout_types=["nope"])
+
+
+def _stages(corpus) -> dict:
+    return {(r["round"], r["stage"]): json.loads(r["result"]) for r in corpus.query("SELECT * FROM loop_stages")}
+
+
+def _barren_reply(body):
+    """Sampled replies to 'Say' prompts differ (a pair); to 'Write' prompts they are all alike (no pair)."""
+    if body.get("seed") is None:
+        return "a calm lowercase answer that goes on"
+    if "Write" in body["messages"][-1]["content"]:
+        return "Zebra zebra"
+    return "apple, Tree" if body["seed"] % 2 else "Zebra says hi"
+
+
+def test_eval_cap_budget_pooling_and_barren_types(tmp_path, tiny_model_dir):
+    """The eval samples with its own cap and only M0 and the last model by default; a type that gave
+    no pair at M0 is left out of round 1's rollouts and named in the budget, which splits the tokens
+    between prompts with and without a pair; round 1 trains on both rounds' pairs, by round."""
+    from openai_server import OpenAIServer
+
+    tmp = _files(tmp_path, "^\\\\s*[a-mA-M]")
+    extra = [{"prompt": f"Write about a {w}.", "base": f"w{i}", "checks": [{"type": "max_words", "n": 50}]}
+             for i, w in enumerate(WORDS)]
+    with open(tmp / "prompts.jsonl", "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in extra))
+    with OpenAIServer(reply=_barren_reply) as srv:
+        corpus, out = _run(tmp, srv, tiny_model_dir, eval_every_round=False, max_new_tokens=6, eval_max_new_tokens=11)
+    caps = {(r.body.get("seed") is None, r.body["max_tokens"]) for r in srv.requests}
+    assert caps == {(True, 11), (False, 6)}  # greedy eval: its own cap; seeded rollouts: theirs
+    st = _stages(corpus)
+    assert st[(0, "eval")]["not_evaluated"] and st[(1, "eval")]["trained_n"] >= 1
+    assert st[(0, "generate")]["left_out_types"] == [] and st[(1, "generate")]["left_out_types"] == ["max_words"]
+    r1 = [json.loads(p["messages"])[0]["content"] for p in corpus.query(
+        "SELECT p.messages FROM generations g JOIN prompts p ON p.id = g.prompt_id WHERE g.model = ?",
+        [st[(1, "generate")]["model"]])]
+    assert r1 and not any(t.startswith("Write") for t in r1)
+    b0 = out["budget"][0]
+    assert b0["per_type"]["max_words"]["prompts_with_pair"] == 0 and b0["per_type"]["lowercase"]["prompts_with_pair"] > 0
+    assert b0["per_type"]["max_words"]["share_without_pair"] == 1.0
+    assert b0["tokens"] == b0["tokens_on_prompts_with_pair"] + b0["tokens_on_prompts_without_pair"] > 0
+    assert b0["next_left_out"] == ["max_words"]
+    # "Zebra says hi" and "a calm..." fit 6 tokens, "Zebra zebra" too: nothing cut, and the share says so
+    assert b0["truncated_share"] == 0.0
+    # pooled: round 1 trains on pairs over both rounds' candidates, each pair's rounds recorded
+    tr1 = st[(1, "train")]
+    assert sum(tr1["rows_by_round"].values()) == tr1["rows"] > 0
+    assert set(tr1["rows_by_round"]) <= {"0/0", "0/1", "1/0", "1/1"}
+    m2 = corpus.query("SELECT config FROM models WHERE id = ?", [tr1["model_id"]])[0]
+    assert json.loads(m2["config"]).get("generated_by") is None  # not M1's samples alone
+
+
+def test_sft_warm_start_comes_before_round_zeros_dpo(tmp_path, tiny_model_dir):
+    from openai_server import OpenAIServer
+
+    tmp = _files(tmp_path, "^\\\\s*[a-mA-M]")
+    with OpenAIServer(reply=_reply) as srv:
+        corpus, out = _run(tmp, srv, tiny_model_dir, algo="sft+dpo", rounds=1)
+    tr = _stages(corpus)[(0, "train")]
+    warm = corpus.query("SELECT * FROM models WHERE id = ?", [tr["warm_start"]["model_id"]])[0]
+    dpo = corpus.query("SELECT * FROM models WHERE id = ?", [tr["model_id"]])[0]
+    assert warm["kind"] == "sft" and warm["algorithm"] == "sft-rs" and tr["warm_start"]["rows"] > 0
+    assert dpo["parent_id"] == warm["id"] and dpo["algorithm"] == "sft+dpo"
+    assert warm["parent_id"] == tr["parent_id"]  # M0 -> SFT on M0's passing replies -> DPO
+
+
+def test_a_dead_backend_ends_in_one_line_and_the_same_command_resumes(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from openai_server import OpenAIServer
+
+    from backends import BackendError
+    from backends.fake import FakeBackend
+    from corpus import run_cli
+    from train.cli import main
+    from train.policy import PolicyBackend
+
+    tmp = _files(tmp_path, "^\\\\s*[a-mA-M]")
+
+    def dead(req):
+        raise BackendError("vLLM engine failed: EngineDeadError: EngineCore encountered an issue")
+
+    real_open = PolicyBackend.open
+    with OpenAIServer(reply=_reply) as srv:
+        argv = ["loop", "--db", str(tmp / "c.duckdb"), "--prompts", str(tmp / "prompts.jsonl"), "--rubric",
+                str(tmp / "rubric.yaml"), "--filters-config", str(tmp / "filters.yaml"), "--base", str(tiny_model_dir),
+                "--rounds", "1", "--n", "4", "--max-new-tokens", "8", "--max-steps", "1", "--batch-size", "2",
+                "--max-length", "64", "--auto-release", "--heldout-types", "no_commas", "--backend", "openai",
+                "--base-url", srv.base_url, "--api-key-env", "NO_KEY", "--model", "m0-served"]
+        # the engine dies in round 0's rollouts (the second open; M0's eval, the first, ran on the server)
+        opened: list[str] = []
+
+        def open_then_die(self, path, first=False, batch_size=None):  # noqa: ANN001, ANN202
+            opened.append(path)
+            return real_open(self, path, first, batch_size) if len(opened) == 1 else FakeBackend(default=dead)
+
+        monkeypatch.setattr(PolicyBackend, "open", open_then_die)
+        assert run_cli("train", main, argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "round 0 generate: --backend openai failed" in err[0] and "rerun the same command" in err[0]
+        assert "Traceback" not in err[0]
+        monkeypatch.setattr(PolicyBackend, "open", real_open)
+        assert run_cli("train", main, argv) == 0
+    from corpus import Corpus
+
+    st = _stages(Corpus(tmp / "c.duckdb", create=False, read_only=True))
+    assert st[(0, "train")]["trained"] and st[(0, "eval_base")]["trained_n"] >= 1
+
+
+
+def test_a_vllm_policy_keeps_one_engine_per_model_until_released(monkeypatch):
+    """The loop's eval of M_t and its rollouts of M_t open the same model: the second open reuses
+    the engine, `with` does not close it, another model or release() does."""
+    from backends.fake import FakeBackend
+    from train.policy import PolicyBackend
+
+    made: list[FakeBackend] = []
+    closed: list[str] = []
+
+    class Counted(FakeBackend):
+        def close(self) -> None:
+            closed.append(self.model)
+
+    def load(self, model, batch_size):  # noqa: ANN001, ANN202 - stands in for starting vLLM
+        made.append(Counted(model))
+        return made[-1]
+
+    monkeypatch.setattr(PolicyBackend, "_load", load)
+    p = PolicyBackend("vllm", keep_engine=True)
+    with p.open("m1") as a:
+        a.generate([])
+    with p.open("m1") as b:
+        assert b is a
+    assert len(made) == 1 and closed == []
+    with p.open("m2"):
+        pass
+    assert closed == ["m1"] and len(made) == 2
+    p.release()
+    assert closed == ["m1", "m2"]
+    unkept = PolicyBackend("vllm")
+    with unkept.open("m3"):
+        pass
+    assert closed[-1] == "m3"  # without keep_engine, `with` closes as before

@@ -79,7 +79,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--baseline", default=None, help="model to compare with (default: the model's base)")
     p.add_argument("--pairs", default=None, help="reward model: held-out pairs JSONL {prompt, chosen, rejected} (default: corpus pairs outside its release)")
     p.add_argument("--limit", type=int, default=None, help="use the first N prompts / pairs")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="reply length cap (default 128)")
+    p.add_argument("--max-new-tokens", type=int, default=384,
+                   help="reply length cap (default 384: above the longest reply a check needs)")
     p.add_argument("--trained-types", default=None, help="check types the model was trained on, comma-separated "
                    "(default: from the model's lineage); the rest are reported as held-out types")
     add_backend_args(p, prefix="judge-")  # name --judge-model/--judge-backend for an LLM win-rate judge
@@ -89,8 +90,18 @@ def build_parser() -> ArgumentParser:
                        conflict_handler="resolve")
     add_backend_args(p)  # rollouts and eval: hf (default), vllm, or openai (a server the user points at each round's model)
     p.add_argument("--gen-batch-size", type=int, default=16, help="sequences per forward batch for rollouts/eval (hf)")
-    p.add_argument("--algo", default="dpo", choices=("dpo", "grpo", "sft"),
-                   help="dpo (default), grpo (rubric as reward functions), sft (rejection sampling)")
+    p.add_argument("--algo", default="dpo", choices=("dpo", "grpo", "sft", "sft+dpo"),
+                   help="dpo (default), grpo (rubric as reward functions), sft (rejection sampling), "
+                        "sft+dpo (= dpo --warm-start sft)")
+    p.add_argument("--warm-start", default=None, choices=("sft",),
+                   help="before round 0's DPO: SFT on M0's passing replies (rejection sampling)")
+    p.add_argument("--eval-max-new-tokens", type=int, default=384,
+                   help="the eval's reply cap, separate from the rollouts' (default 384)")
+    p.add_argument("--eval-every-round", action="store_true", help="evaluate every M_t (default: M0 and the last)")
+    p.add_argument("--no-pool-rounds", action="store_true",
+                   help="train on M_t's own pairs only (default: every round's released pairs, round recorded)")
+    p.add_argument("--keep-barren-types", action="store_true",
+                   help="keep sampling check types that gave no pair at M0 (default: left out after round 0)")
     p.add_argument("--heldout-types", default=None, help="check types never trained on, comma-separated: held out for eval")
     p.add_argument("--prompts-per-step", type=int, default=2, help="GRPO: prompts per step (--n replies each)")
     p.add_argument("--db", required=True, help="corpus file")
@@ -103,7 +114,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N prompts")
     p.add_argument("--n", type=int, default=4, help="candidates per prompt per round (default 4)")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="reply length cap (default 128)")
+    p.add_argument("--max-new-tokens", type=int, default=192, help="rollout reply cap (default 192)")
     p.add_argument("--auto-release", action="store_true", help="release without human review (recorded as auto_released)")
     p.add_argument("--threshold", type=float, default=None, help="review gate: approval lower bound needed (review's default)")
     p.add_argument("--min-reviews", type=int, default=None, help="review gate: reviewed items needed (review's default)")
@@ -293,7 +304,7 @@ def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
     from rich.console import Console
 
     from .loop import run_loop
-    from .report import loop_rounds, report_table
+    from .report import budget_table, loop_rounds, report_table
 
     if getattr(args, "judge_no_wait", False):  # a round cannot go on without the judgments it asked for
         raise UserError("--judge-no-wait: the loop needs its judgments to go on; drop it (--judge-batch waits for them)")
@@ -305,7 +316,9 @@ def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
         threshold=args.threshold, min_reviews=args.min_reviews, filters_config=args.filters_config,
         train_rm=args.train_rm, lora=args.lora, max_steps=args.max_steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, beta=args.beta, max_length=args.max_length, save_steps=args.save_steps, seed=args.seed,
-        algo=args.algo, prompts_per_step=args.prompts_per_step, policy=_policy(args),
+        algo=args.algo, prompts_per_step=args.prompts_per_step, policy=_policy(args), warm_start=args.warm_start,
+        eval_max_new_tokens=args.eval_max_new_tokens, eval_every_round=args.eval_every_round,
+        pool_rounds=not args.no_pool_rounds, drop_barren_types=not args.keep_barren_types,
         heldout_types=[t.strip() for t in args.heldout_types.split(",") if t.strip()] if args.heldout_types else None,
     )
     console = Console()
@@ -317,6 +330,8 @@ def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
         print(f"loop {loop_id} waits for reviewers in round {out['round']}: {missing}. Review with "
               f"`python -m review ... --db {args.db}`, then rerun this command (or add --auto-release).")
         return 3
+    if out.get("budget"):
+        console.print(budget_table(out["budget"]))
     print(f"loop {loop_id} done: {out['rounds']} rounds, final model {out['model_id']}")
     return 0
 

@@ -120,6 +120,7 @@ def reply_metrics(prompts: list[dict[str, Any]], replies: list[str], prefix: str
             for c, ok in zip(p["checks"], run_checks(r, p["checks"]).values()):
                 by.setdefault(c["type"], []).append(ok)
         m[f"{prefix}pass_rate_by_check"] = {k: sum(v) / len(v) for k, v in sorted(by.items())}
+        m[f"{prefix}n_by_check"] = {k: len(v) for k, v in sorted(by.items())}
     return m
 
 
@@ -152,7 +153,7 @@ def label_judges(corpus: Corpus, release_id: str | None) -> set[str]:
 def run_eval(
     corpus: Corpus, model: str, prompts: str | Path | list[dict[str, Any]] | None = None, *,
     baseline: str | None = None, judge: Backend | None = None, pairs: str | None = None,
-    limit: int | None = None, max_new_tokens: int = 128, batch_size: int = 16,
+    limit: int | None = None, max_new_tokens: int = 384, batch_size: int = 16,
     progress: bool = True, argv: list[str] | None = None, policy: PolicyBackend | None = None,
     trained_types: set[str] | None = None, baseline_per_prompt: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
-from backends import Backend, SamplingParams, load_backend
+from backends import Backend, BackendError, SamplingParams, load_backend
 from corpus import Corpus, UserError, content_id
 
 from .data import release_prompts, training_set
@@ -35,7 +35,9 @@ from .records import Loop, LoopStage
 from .registry import get_model, resolve_base, set_training
 from .trainers import train_model
 
-ALGOS = ("dpo", "grpo", "sft")
+ALGOS = ("dpo", "grpo", "sft", "sft+dpo")
+WARM_STARTS = ("sft",)
+SAMPLING_STAGES = ("eval_base", "generate", "eval")
 
 # The fault-injection hook of the SIGKILL test: "ROUND:STAGE" kills this process just before the
 # stage starts, "ROUND:train:STEP" right after training step STEP is checkpointed.
@@ -52,7 +54,11 @@ class LoopConfig:
     eval_prompts: str | None = None
     n: int = 4
     temperature: float = 0.8
-    max_new_tokens: int = 128
+    max_new_tokens: int = 192
+    # the eval's own cap: well above the longest reply a check needs (120 words ~ 180 tokens), so a
+    # verdict is never decided by where the reply was cut
+    eval_max_new_tokens: int = 384
+    eval_every_round: bool = False
     auto_release: bool = False
     threshold: float | None = None
     min_reviews: int | None = None
@@ -71,6 +77,13 @@ class LoopConfig:
     algo: str = "dpo"
     heldout_types: list[str] | None = None
     prompts_per_step: int = 2
+    # DPO/SFT train on all of the release's rows, which the filters build over every round's
+    # candidates (each pair's rounds are recorded), not only rows holding M_t's own samples: a round
+    # whose samples give few pairs still learns from the earlier rounds' replies
+    pool_rounds: bool = True
+    # types whose prompts gave no pair at M_0 are left out of later rollouts (reported in the budget)
+    drop_barren_types: bool = True
+    warm_start: str | None = None
     policy: PolicyBackend = field(default_factory=PolicyBackend)
 
     def __post_init__(self) -> None:
@@ -78,6 +91,15 @@ class LoopConfig:
             raise UserError(f"--rounds {self.rounds}: run at least one round")
         if self.algo not in ALGOS:
             raise UserError(f"--algo {self.algo}: choose one of {', '.join(ALGOS)}")
+        if self.algo == "sft+dpo":  # the same as --algo dpo --warm-start sft
+            self.algo, self.warm_start = "dpo", "sft"
+        if self.warm_start is not None and self.warm_start not in WARM_STARTS:
+            raise UserError(f"--warm-start {self.warm_start}: choose one of {', '.join(WARM_STARTS)}")
+        if self.warm_start and self.algo != "dpo":
+            raise UserError(f"--warm-start {self.warm_start}: a warm start comes before DPO; use it with --algo dpo")
+        for flag, v in (("--max-new-tokens", self.max_new_tokens), ("--eval-max-new-tokens", self.eval_max_new_tokens)):
+            if v < 1:
+                raise UserError(f"{flag} {v}: give a positive token cap")
         if self.algo == "grpo" and self.n < 2:
             raise UserError(f"--n {self.n}: GRPO compares a group of replies per prompt; use 2 or more")
         from .checks import CHECKS
@@ -220,6 +242,8 @@ class ModelLoop:
         self.workdir = Path(cfg.workdir or Path(corpus.path).with_suffix("").as_posix() + "-loop").resolve()
         ident = {"prompts": str(Path(cfg.prompts).resolve()), "rubric": str(Path(cfg.rubric).resolve()),
                  "base": self.m0_id, "workdir": str(self.workdir), "algo": cfg.algo}
+        if cfg.warm_start:  # a warm-started loop trains other models: its own id (unset: ids as before)
+            ident["warm_start"] = cfg.warm_start
         self.loop_id = "loop-" + content_id("loop", ident)[:12]
         corpus.insert([Loop(id=self.loop_id, config={**asdict(cfg), **ident}, base_model_id=self.m0_id)])
         self.train_prompts, self.eval_set = self._split_prompts()
@@ -304,7 +328,7 @@ class ModelLoop:
         (t = -1: that stage itself)."""
         base = None if t < 0 else done[(0, "eval_base")].get("per_prompt")
         return run_eval(self.corpus, model_id, self.eval_set, baseline=self.m0_id, judge=self.judge,
-                        max_new_tokens=self.cfg.max_new_tokens, progress=self.progress, policy=self.cfg.policy,
+                        max_new_tokens=self.cfg.eval_max_new_tokens, progress=self.progress, policy=self.cfg.policy,
                         trained_types=set(self.trained_types), baseline_per_prompt=base)
 
     def run_stage(self, t: int, stage: str, done: dict) -> dict[str, Any]:
@@ -318,10 +342,12 @@ class ModelLoop:
         if stage == "eval_base":
             return {**self._eval(-1, self.m0_id, done), "trained_types": self.trained_types}
         if stage == "generate":
+            prompts, left_out = self.rollout_prompts(t, done)
             with cfg.policy.open(mpath, first=t == 0) as backend:
                 params = SamplingParams(temperature=cfg.temperature, top_p=0.95, max_new_tokens=cfg.max_new_tokens)
-                out = run_generate(self.corpus, prompts=self.train_prompts, backend=backend, n=cfg.n, params=params,
+                out = run_generate(self.corpus, prompts=prompts, backend=backend, n=cfg.n, params=params,
                                    seed=cfg.seed + 1000 * t, progress=self.progress)
+            out["left_out_types"] = left_out
             if out["candidates_new"] + out["candidates_existing"] == 0:
                 hint = serve_hint(mpath) if cfg.policy.name == "openai" else "see the failures table"
                 raise UserError(f"round {t}: no candidate from {backend.model_id} ({out['failure_reasons']}); {hint}")
@@ -355,12 +381,28 @@ class ModelLoop:
             if not tr.get("trained", True):  # M_{t+1} is M_t: its eval is the last one
                 last = done[(t - 1, "eval")] if t else done[(0, "eval_base")]
                 return {**last, "skipped": tr["reason"]}
+            if not (self.cfg.eval_every_round or t == self.cfg.rounds - 1):
+                return {"model_id": tr["model_id"], "not_evaluated": "only M0 and the last model are evaluated "
+                                                                      "(--eval-every-round measures each)"}
             return self._eval(t, tr["model_id"], done)
         raise AssertionError(stage)
 
+    def rollout_prompts(self, t: int, done: dict) -> tuple[list[Any], list[str]]:
+        """Round t's rollout prompts: after round 0, without the check types that gave no released
+        pair at M_0 (their samples would spend the budget and teach nothing)."""
+        if t == 0 or not self.cfg.drop_barren_types or (0, "review") not in done:
+            return self.train_prompts, []
+        from .report import round_budget
+
+        per_type = round_budget(self.corpus, done, 0)["per_type"]
+        barren = sorted(k for k, v in per_type.items() if v["prompts_with_pair"] == 0)
+        keep = [p for p in self.train_prompts
+                if not {c["type"] for c in p.meta.get("checks") or []} & set(barren)]
+        return (keep, barren) if keep else (self.train_prompts, [])
+
     def _train(self, t: int, mid: str, gen_model: str, rel: str, done: dict) -> dict[str, Any]:
-        """Train M_{t+1} on what M_t's own samples taught; with nothing of M_t's in the release
-        the round says so and M_{t+1} = M_t (older rounds' data would be stale and off-policy)."""
+        """Train M_{t+1} on the round's release (pooled over rounds, or M_t's own samples with
+        pool_rounds off); with nothing to learn from the round says so and M_{t+1} = M_t."""
         cfg = self.cfg
         kill = _kill_point()
         cbs = [_kill_callback(kill[2])] if kill and kill[0] == t and kill[1] == "train" and kill[2] else []
@@ -386,20 +428,53 @@ class ModelLoop:
             extra = {"prompts": len(prompts)}
         else:
             kind = "dpo" if cfg.algo == "dpo" else "sft"
+            # pooled: every released row, built over all rounds' candidates; else M_t's own samples only
+            by = None if cfg.pool_rounds else gen_model
             try:
-                rows = len(training_set(self.corpus, "pair" if kind == "dpo" else "sft", rel, gen_model).rows)
+                ts = training_set(self.corpus, "pair" if kind == "dpo" else "sft", rel, by)
             except UserError as e:
-                return {**skip, "reason": f"{e}; not trained (older rounds' data would be stale)"}
-            new = train_model(self.corpus, kind, base=mid, out=out, release=rel, generated_by=gen_model, lora=cfg.lora,
-                              max_steps=cfg.max_steps, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                              max_length=cfg.max_length, beta=cfg.beta if cfg.beta is not None else 0.1,
-                              save_steps=cfg.save_steps, resume=True, progress=self.progress, callbacks=cbs)
-            extra = {"rows": rows}
-        algo = {"sft": "sft-rs", "dpo": "dpo", "grpo": "grpo"}[cfg.algo]
+                return {**skip, "reason": f"{e}; not trained"}
+            extra = {"rows": len(ts.rows), "rows_by_round": self._rows_by_round(ts.ids, kind, done)}
+            train_kw = dict(release=rel, generated_by=by, lora=cfg.lora, max_steps=cfg.max_steps, epochs=cfg.epochs,
+                            lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length, save_steps=cfg.save_steps,
+                            resume=True, progress=self.progress)
+            start = mid
+            if cfg.warm_start == "sft" and t == 0:
+                # rejection sampling: SFT on M_0's passing replies first, then DPO from there (its own
+                # reference), so the pairs are judged against a policy that already tries the format
+                try:
+                    sft_rows = len(training_set(self.corpus, "sft", rel, by).rows)
+                except UserError:
+                    sft_rows = 0
+                if sft_rows:
+                    start = train_model(self.corpus, "sft", base=mid, out=self.workdir / f"round-{t}" / "warm-sft",
+                                        **{**train_kw, "callbacks": None})
+                    set_training(self.corpus, start, "sft-rs", reward, config_extra={"loop_id": self.loop_id, "warm_start": True})
+                extra["warm_start"] = {"kind": "sft", "rows": sft_rows, "model_id": start if sft_rows else None}
+            new = train_model(self.corpus, kind, base=start, out=out, beta=cfg.beta if cfg.beta is not None else 0.1,
+                              callbacks=cbs, **train_kw)
+        warmed = cfg.algo != "grpo" and (extra.get("warm_start") or {}).get("model_id")
+        algo = {"sft": "sft-rs", "dpo": "sft+dpo" if warmed else "dpo", "grpo": "grpo"}[cfg.algo]
         set_training(self.corpus, new, algo, reward if cfg.algo != "grpo" else None,
                      config_extra={"trained_types": self.trained_types, "loop_id": self.loop_id})
         return {"model_id": new, "parent_id": mid, "release_id": rel, "trained": True, "algorithm": algo,
-                "on_policy": True, **extra}
+                "on_policy": cfg.algo == "grpo" or not cfg.pool_rounds, **extra}
+
+    def _rows_by_round(self, ids: list[str], kind: str, done: dict) -> dict[str, int]:
+        """Training rows by the rounds whose samples they hold: 'chosen round/rejected round' for a
+        pair (pooled candidates can pair M_0's reply with M_1's), the reply's round for SFT."""
+        rounds = {v["model"]: t for (t, st), v in done.items() if st == "generate" and "model" in v}
+        if not ids:
+            return {}
+        if kind == "dpo":
+            rows = self.corpus.query(
+                "SELECT c.model AS a, r.model AS b FROM pairs pr JOIN generations c ON c.id = pr.chosen_id "
+                "JOIN generations r ON r.id = pr.rejected_id WHERE pr.id IN (SELECT unnest(?))", [ids])
+            keys = [f"{rounds.get(r['a'], '?')}/{rounds.get(r['b'], '?')}" for r in rows]
+        else:
+            rows = self.corpus.query("SELECT model AS a FROM generations WHERE id IN (SELECT unnest(?))", [ids])
+            keys = [str(rounds.get(r["a"], "?")) for r in rows]
+        return {k: keys.count(k) for k in sorted(set(keys))}
 
     def _agreement(self) -> float | None:
         if "judge_human_agreement" not in self.corpus.tables():
@@ -412,6 +487,14 @@ class ModelLoop:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        # vLLM: one engine per model, kept from M_t's eval to its rollouts (policy.py)
+        self.cfg.policy.keep_engine = self.cfg.policy.name == "vllm"
+        try:
+            return self._run()
+        finally:
+            self.cfg.policy.release()
+
+    def _run(self) -> dict[str, Any]:
         kill = _kill_point()
         for t in range(self.cfg.rounds):
             for stage in self.stages(t):
@@ -421,7 +504,15 @@ class ModelLoop:
                 if kill and kill[:2] == (t, stage) and kill[2] is None:
                     os.kill(os.getpid(), signal.SIGKILL)
                 self.say(f"[loop {self.loop_id}] round {t}: {stage}")
-                result = self.run_stage(t, stage, done)
+                if stage not in SAMPLING_STAGES:  # training and judging want the memory and the cores
+                    self.cfg.policy.release()
+                try:
+                    result = self.run_stage(t, stage, done)
+                except BackendError as e:
+                    # nothing of this stage is marked done, and what it generated is in the call cache:
+                    # the same command resumes here and redoes only the missing calls
+                    raise UserError(f"loop {self.loop_id} round {t} {stage}: --backend {self.cfg.policy.name} failed: "
+                                    f"{e}; fix the cause and rerun the same command to resume at this stage") from e
                 if result.get("trained") is False:
                     self.say(f"[loop {self.loop_id}] round {t}: {result['reason']}")
                 if stage == "review" and result["decision"] not in ("released", "auto_released"):
@@ -429,8 +520,12 @@ class ModelLoop:
                     return {"loop_id": self.loop_id, "status": "waiting", "round": t, "missing": result.get("missing"),
                             "release_id": result.get("release_id")}
                 self._mark(t, stage, result)
-        final = self.done()[(self.cfg.rounds - 1, "train")]["model_id"]
-        return {"loop_id": self.loop_id, "status": "done", "rounds": self.cfg.rounds, "model_id": final}
+        done = self.done()
+        final = done[(self.cfg.rounds - 1, "train")]["model_id"]
+        from .report import loop_budget
+
+        return {"loop_id": self.loop_id, "status": "done", "rounds": self.cfg.rounds, "model_id": final,
+                "budget": loop_budget(self.corpus, done, self.cfg.rounds)}
 
 
 def run_grpo(corpus: Corpus, rubric: str, *, prompts: str | None = None, release: str | None = None,

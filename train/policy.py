@@ -25,6 +25,9 @@ class PolicyBackend:
     concurrency: int = 16
     batch_size: int = 16
     device: str | None = None
+    # vllm: keep the engine open between stages that sample the same model (round t's eval of
+    # M_{t+1} and round t+1's rollouts), instead of paying its start (30-300 s on a CPU) twice
+    keep_engine: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in BACKENDS or self.name == "fake":
@@ -38,13 +41,33 @@ class PolicyBackend:
 
     def open(self, path: str, first: bool = False, batch_size: int | None = None) -> Backend:
         model = self.model_name(path, first)
+        if self.keep_engine and self.name == "vllm":
+            kept = self.__dict__.get("_kept")
+            if kept is not None and kept[0] == model:
+                return _Kept(kept[1])
+            self.release()
+            self.__dict__["_kept"] = (model, self._load(model, batch_size))
+            return _Kept(self.__dict__["_kept"][1])
+        return self._load(model, batch_size)
+
+    def release(self) -> None:
+        """Close a kept engine (before training needs the memory and cores, and at the end)."""
+        kept = self.__dict__.pop("_kept", None)
+        if kept is not None:
+            kept[1].close()
+
+    def _load(self, model: str, batch_size: int | None) -> Backend:
         try:
             if self.name == "openai":
                 return load_backend("openai", model, base_url=self.base_url, api_key_env=self.api_key_env,
                                     concurrency=self.concurrency)
             if self.name == "hf":
                 return load_backend("hf", model, batch_size=batch_size or self.batch_size, device=self.device)
-            return load_backend(self.name, model)
+            # on a CPU, vLLM's torch.compile at start costs minutes on 2 cores for every round's model
+            # (its cache missed each time here), more than it saves on a round's rollouts: eager there
+            import torch
+
+            return load_backend(self.name, model, enforce_eager=not torch.cuda.is_available())
         except BackendError as e:
             raise UserError(str(e)) from e
 
@@ -55,3 +78,23 @@ class PolicyBackend:
 def serve_hint(path: str) -> str:
     return (f"serve it and rerun: `python -m vllm.entrypoints.openai.api_server --model {path} "
             "--port 8000` (GPU: `vllm serve PATH`); the loop resumes at this stage")
+
+
+class _Kept:
+    """A kept backend as the callers see it: `with ... as b` and `close()` leave the engine open
+    (PolicyBackend.release closes it); everything else is the backend's own."""
+
+    def __init__(self, inner: Backend):
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __enter__(self) -> Backend:
+        return self._inner
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -54,7 +54,10 @@ def loop_rounds(corpus: Corpus, loop_id: str | None = None) -> tuple[str, list[d
             "trained_pass": ev.get("trained_pass"), "heldout_pass": ev.get("heldout_pass"), "words": ev.get("words"),
             "trained_delta": ev.get("trained_pass_delta"), "heldout_delta": ev.get("heldout_pass_delta"),
             "trained_n": ev.get("trained_n"), "heldout_n": ev.get("heldout_n"),
-            "skipped": ev.get("skipped"),
+            "skipped": ev.get("skipped"), "not_evaluated": ev.get("not_evaluated"),
+            "n_by_check": ev.get("n_by_check") or {},
+            # the sampling budget spent before M_t existed: rollout tokens of rounds 0..t-1
+            "tokens_spent": sum(stages.get((k, "generate"), {}).get("tokens", 0) or 0 for k in range(t)),
             "algorithm": stages.get((t - 1, "train"), {}).get("algorithm") if t else "base",
         })
         t += 1
@@ -106,9 +109,11 @@ def plot_rounds(rows: list[dict[str, Any]], path: str) -> None:
     ax[1][1].set_title("reward and judge agreement")
     ax[1][1].set_ylim(0, 1)
     ax[1][1].legend(fontsize=7)
+    # the sampling budget under each model, so the panels read as pass rate against compute
+    labels = [f"M{r['round']}\n{r.get('tokens_spent', 0) / 1000:.0f}k tok" for r in rows]
     for a in ax.flat:
-        a.set_xlabel("round (model M_t)")
-        a.set_xticks(xs)
+        a.set_xlabel("model M_t and the rollout tokens spent before it")
+        a.set_xticks(xs, labels, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -139,3 +144,72 @@ def report_table(loop_id: str, rows: list[dict[str, Any]]) -> Any:
                   ci(r["heldout_delta"], True) if r["round"] else "", words, f(r["win_rate_vs_m0"]), f(r["reward"]),
                   f(r["judge_agreement"]), note)
     return t
+
+
+def round_budget(corpus: Corpus, done: dict[tuple[int, str], dict[str, Any]], t: int) -> dict[str, Any]:
+    """Where round t's sampling budget went: completion tokens on prompts whose samples gave a
+    released pair vs none, the share of replies cut at the token cap, and both per check type.
+    A prompt 'gave a pair' when a released pair holds one of this round's samples on it."""
+    model = done[(t, "generate")]["model"]
+    rel = (done.get((t, "review")) or {}).get("release_id")
+    gens = corpus.query(
+        "SELECT g.prompt_id, g.completion_tokens AS tok, g.finish_reason AS fin, p.meta FROM generations g "
+        "JOIN prompts p ON p.id = g.prompt_id WHERE g.model = ? AND g.provenance = 'model'", [model])
+    paired = {r["prompt_id"] for r in corpus.query(
+        "SELECT DISTINCT pr.prompt_id FROM pairs pr JOIN release_items ri ON ri.item_id = pr.id AND ri.kind = 'pair' "
+        "JOIN generations c ON c.id = pr.chosen_id JOIN generations r ON r.id = pr.rejected_id "
+        "WHERE ri.release_id = ? AND (c.model = ? OR r.model = ?)", [rel, model, model])} if rel else set()
+
+    def tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        tok = sum(r["tok"] or 0 for r in rows)
+        with_pair = sum(r["tok"] or 0 for r in rows if r["prompt_id"] in paired)
+        prompts = {r["prompt_id"] for r in rows}
+        return {"prompts": len(prompts), "prompts_with_pair": len(prompts & paired), "tokens": tok,
+                "tokens_on_prompts_with_pair": with_pair, "tokens_on_prompts_without_pair": tok - with_pair,
+                "share_without_pair": round((tok - with_pair) / tok, 3) if tok else None,
+                "truncated_share": round(sum(r["fin"] == "length" for r in rows) / len(rows), 3) if rows else None}
+
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for r in gens:
+        for c in _json(r["meta"]).get("checks") or [{"type": "(no check)"}]:
+            by_type.setdefault(c["type"], []).append(r)
+    return {**tally(gens), "per_type": {k: tally(v) for k, v in sorted(by_type.items())},
+            "left_out_types": done[(t, "generate")].get("left_out_types") or []}
+
+
+def loop_budget(corpus: Corpus, done: dict[tuple[int, str], dict[str, Any]], rounds: int) -> list[dict[str, Any]]:
+    return [{"round": t, **round_budget(corpus, done, t),
+             "next_left_out": (done.get((t + 1, "generate")) or {}).get("left_out_types") or []}
+            for t in range(rounds) if (t, "generate") in done]
+
+
+def budget_table(budget: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    t = Table(title="sampling budget: completion tokens per round and check type")
+    for c in ("round", "check type", "prompts", "with a pair", "tokens", "on prompts without a pair", "cut at the cap"):
+        t.add_column(c, justify="right")
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.0f}%"
+
+    for b in budget:
+        for name, v in [("all", b), *b["per_type"].items()]:
+            t.add_row(str(b["round"]), name + (" (left out next)" if name in b.get("next_left_out", []) else ""),
+                      str(v["prompts"]), str(v["prompts_with_pair"]), str(v["tokens"]), pct(v["share_without_pair"]),
+                      pct(v["truncated_share"]))
+    return t
+
+
+def type_table(rows: list[dict[str, Any]], trained: set[str]) -> list[dict[str, Any]]:
+    """Per check type: M_0 and the last evaluated model's pass rate on the eval prompts."""
+    ev = [r for r in rows if r.get("trained_pass") is not None]
+    if not ev:
+        return []
+    first, last = ev[0], ev[-1]
+    out = []
+    for ctype in sorted(set(first["pass_rate_by_check"]) | set(last["pass_rate_by_check"])):
+        out.append({"type": ctype, "group": "trained" if ctype in trained else "held-out",
+                    "n": last["n_by_check"].get(ctype), "m0": first["pass_rate_by_check"].get(ctype),
+                    "last": last["pass_rate_by_check"].get(ctype), "last_round": last["round"]})
+    return out
