@@ -7,6 +7,7 @@ nothing); that they exist, are numbers and agree where the maths says they must,
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-import gpu  # noqa: E402
+# loaded from its file, not by putting bench/ on sys.path: bench/filters.py would shadow the filters package
+_spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
+gpu = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu)
 
 
 def _bench(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
