@@ -16,8 +16,11 @@ Policy = Literal["drop", "tie", "review", "keep"]
 DEFAULT_POLICIES = {
     "parse_failed": "drop", "position_inconsistent": "tie", "jury_disagreement": "review",
     "judge_injection": "drop", "verifier_failed": "drop", "low_score": "keep",
+    # a code answer that tried to dodge its tests: a person should see what the policy learned
+    "hack_suspected": "review",
 }
-JUDGE_FLAG_KINDS = ("parse_failed", "position_inconsistent", "jury_disagreement", "judge_injection", "verifier_failed", "low_score")
+JUDGE_FLAG_KINDS = ("parse_failed", "position_inconsistent", "jury_disagreement", "judge_injection", "verifier_failed",
+                    "hack_suspected", "low_score")
 
 
 class Strict(BaseModel):

@@ -325,6 +325,9 @@ def _verifier_records(name: str, fs: list[dict], results: list, run_id: str, tra
         if r.score is None:
             recs.append(Flag(target_id=f["target_id"], kind="verifier_failed", stage="judge", run_id=run_id,
                              reason=f"{name}: {r.error}"[:300], details={"criterion": name}))
+        elif r.detail.get("reason") == "hack_suspected":  # scored 0 like any failure, and findable as a flag
+            recs.append(Flag(target_id=f["target_id"], kind="hack_suspected", stage="judge", run_id=run_id,
+                             reason=f"{name}: {r.detail.get('detail', '')}"[:300], details={"criterion": name}))
     return recs
 
 

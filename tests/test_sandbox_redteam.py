@@ -523,3 +523,26 @@ def test_answers_that_crashed_the_verifier_are_stored_as_zero(tmp_path):
     prompt = {"messages": [{"role": "user", "content": "Write add(a, b)."}], "meta": meta}
     spec = VerifierSpec(type="code_exec", tests="meta:test")
     assert [r.score for r in run_verifier(spec, [(prompt, a) for a in answers], corpus)] == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_a_suspected_hack_is_a_zero_and_a_flag_through_the_judge(tmp_path):
+    """An answer that ends its process before the tests can run is scored 0 like any failure, and a
+    `hack_suspected` flag row says so, so SQL over `flags` finds it; the right answer has none."""
+    import yaml
+    from test_judge_helpers import add_candidates
+
+    from corpus import Corpus
+    from judge.run import run_judge
+
+    meta = {"test": TESTS, "entry_point": "add"}
+    exits_early = "def add(a, b):\n    return a - b\nimport os\nos._exit(0)\n"
+    corpus = Corpus(tmp_path / "c.duckdb")
+    gens = add_candidates(corpus, [("Write add(a, b).", [f"```python\n{exits_early}```\n", f"```python\n{RIGHT}```\n"])], meta=meta)
+    rubric = tmp_path / "code.yaml"
+    rubric.write_text(yaml.safe_dump({"name": "code", "version": 1, "task": "t", "judges": [], "criteria": [
+        {"name": "tests_pass", "description": "passes", "kind": "verifier", "verifier": {"type": "code_exec", "tests": "meta:test"}}]}))
+    run_judge(corpus, str(rubric), progress=False)
+    scores = {r["target_id"]: r["score"] for r in corpus.query("SELECT target_id, score FROM judgments")}
+    assert [scores[g.id] for g in gens] == [0.0, 1.0]
+    flagged = {r["target_id"] for r in corpus.query("SELECT target_id FROM flags WHERE kind = 'hack_suspected'")}
+    assert flagged == {gens[0].id}
