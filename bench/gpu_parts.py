@@ -268,7 +268,7 @@ def _stream(fig: Figures, cmd: list[str], pick: Callable[[str], None]) -> int:
 def part_loop(a: argparse.Namespace, fig: Figures, s: dict) -> None:
     work = a.out / "loop"
     if a.smoke:
-        args = ["--preset", "smoke", "--rounds", "1", "--prompts", "12", "--eval-limit", "4", "--algos", "dpo"]
+        args = ["--preset", "smoke", "--rounds", "1", "--prompts", "12", "--eval-trained", "4", "--eval-heldout", "2", "--algos", "dpo"]
     else:
         # the gpu preset cut to fit about two minutes: one round, fewer prompts; vLLM rollouts where installed
         args = ["--preset", "gpu", "--rounds", "1", "--prompts", "120", "--algos", "dpo"]

@@ -14,6 +14,8 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
+from .sandbox import parse_python
+
 _MD = MarkdownIt("commonmark")
 PYTHON_INFO = {"python", "python3", "py", "py3", "python2", "pycon", "ipython"}
 
@@ -27,7 +29,7 @@ _UNPARSABLE = (SyntaxError, ValueError, RecursionError, MemoryError)
 
 def _parse(code: str) -> ast.Module | None:
     try:
-        return ast.parse(code)
+        return parse_python(code)
     except _UNPARSABLE:
         return None
 

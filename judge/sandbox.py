@@ -268,6 +268,18 @@ def check_answer(code: str, tests: str, entry_point: str | None = None, *, prefi
     return v
 
 
+# CPython 3.11 keeps the AST builder's recursion count in interpreter-wide state: two threads
+# parsing at once (check_answer runs answers on a thread pool) can make a plain `def` fail with
+# "SystemError: AST constructor recursion depth mismatch". Parses take turns.
+_PARSE_LOCK = threading.Lock()
+
+
+def parse_python(source: str) -> ast.Module:
+    """`ast.parse`, one thread at a time."""
+    with _PARSE_LOCK:
+        return ast.parse(source)
+
+
 def entry_points(tests: str, entry_point: str | None, prefix: str | None = None, imports: str | None = None) -> list[str]:
     """The names the tests may take from the answer: `entry_point`, and every name the tests call
     that neither they, the prompt's code nor their imports define. A builtin the tests call counts
@@ -277,7 +289,7 @@ def entry_points(tests: str, entry_point: str | None, prefix: str | None = None,
     for src in (prefix, imports):
         trusted |= _bound_names(src)
     try:
-        tree = ast.parse(tests)
+        tree = parse_python(tests)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return [entry_point] if entry_point else []
     trusted |= _bound_names(tree)
@@ -304,8 +316,8 @@ def _bound_names(src: str | ast.AST | None) -> set[str]:
     if src is None:
         return set()
     try:
-        tree = ast.parse(src) if isinstance(src, str) else src
-    except SyntaxError:
+        tree = parse_python(src) if isinstance(src, str) else src
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return set()
     out: set[str] = set()
     for n in ast.walk(tree):
