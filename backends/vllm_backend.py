@@ -54,8 +54,9 @@ class VLLMBackend(Backend):
 
     Options: `dtype` ("auto" on GPU, "float32" on CPU), `max_model_len` (2048),
     `gpu_memory_utilization` (GPU: vLLM's default), `kv_cache_memory_bytes` (CPU: 1 GiB),
-    `tensor_parallel_size`, `enforce_eager`, and `engine_args`, a dict passed on to `vllm.LLM`
-    for anything else.
+    `tensor_parallel_size`, `enforce_eager`, `max_lora_rank` (set: the engine accepts LoRA
+    adapters, see `with_adapter`), and `engine_args`, a dict passed on to `vllm.LLM` for anything
+    else.
     """
 
     name = "vllm"
@@ -75,6 +76,7 @@ class VLLMBackend(Backend):
         kv_cache_memory_bytes: int | None = None,
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
+        max_lora_rank: int | None = None,
         engine_args: dict[str, Any] | None = None,
     ):
         embedded = model in (None, "", "embedded", EMBEDDED_NAME)
@@ -102,7 +104,13 @@ class VLLMBackend(Backend):
             kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
         if kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
+        if max_lora_rank is not None:
+            # one adapter at a time: the loop serves one round's model per stage
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         kwargs.update(engine_args or {})
+        self.lora_request: Any = None
+        self._owns_engine = True
+        self._adapter_ids: dict[str, int] = {}
         self.engine_kwargs = kwargs
         try:
             self.llm = self._vllm.LLM(**kwargs)
@@ -205,7 +213,26 @@ class VLLMBackend(Backend):
     def _chat(self, requests: list[ChatRequest], progress: Progress) -> list[Any]:
         convs = [[dict(m) for m in r.messages] for r in requests]
         params = [self.sampling_params(r) for r in requests]
-        return self.llm.chat(convs, params, use_tqdm=_progress_bar(progress))
+        return self.llm.chat(convs, params, use_tqdm=_progress_bar(progress), lora_request=self.lora_request)
+
+    def with_adapter(self, adapter_dir: str, model: str) -> "VLLMBackend":
+        """The same engine answering as its model plus the LoRA adapter in `adapter_dir` (a peft
+        folder trained on this engine's model), recorded in the corpus as `model`: a new round's
+        model without a new engine. The view shares the engine; closing it leaves the engine open."""
+        import copy
+
+        if not self.engine_kwargs.get("enable_lora"):
+            raise BackendError("this vLLM engine was started without LoRA support (max_lora_rank)")
+        from vllm.lora.request import LoRARequest
+
+        path = os.path.realpath(adapter_dir)
+        # vLLM caches an adapter by its integer id: a new folder (a new round) gets a new id
+        lora_id = self._adapter_ids.setdefault(path, len(self._adapter_ids) + 1)
+        view = copy.copy(self)
+        view.model = model
+        view.lora_request = LoRARequest(f"adapter-{lora_id}", lora_id, path)
+        view._owns_engine = False
+        return view
 
     def _one_by_one(self, requests: list[ChatRequest], progress: Progress) -> list[Completion]:
         out = []
@@ -258,7 +285,7 @@ class VLLMBackend(Backend):
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
-        if llm is None:
+        if llm is None or not getattr(self, "_owns_engine", True):
             return
         self.llm = None
         # Stops the engine's child process now instead of at interpreter exit.

@@ -14,6 +14,9 @@ Prints, per check type, how many verdicts agree and which side passed the others
     python bench/ifeval_agreement.py                # 60 prompts x 2 samples, about 10 min on 2 cores
     python bench/ifeval_agreement.py --replies r.jsonl --show 5
     python bench/ifeval_agreement.py --test-cases   # the test suite's tricky replies
+    python bench/ifeval_agreement.py --models embedded,RUN/dpo-loop/round-1/policy --n 150
+        # models compared by the official checker: greedy replies to the same prompts, pass rates
+        # by IFEval and by the engine, and the paired difference to the first model with its 95% interval
 """
 
 from __future__ import annotations
@@ -134,22 +137,29 @@ def official_verdict(utils: Any, check: dict[str, Any], reply: str) -> bool:
     return utils.test_instruction_following_strict(ex, reply).follow_all_instructions
 
 
-def model_replies(n: int, samples: int, max_new_tokens: int, seed: int) -> list[dict[str, Any]]:
-    from backends import ChatRequest, SamplingParams, load_backend
+def questions(n: int, seed: int, max_checks: int = 2) -> list[Any]:
     from train.synth import load_templates, synthesize
 
     with tempfile.TemporaryDirectory() as d:
         base = Path(d) / "questions.jsonl"
         base.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in QUESTIONS))
-        prompts = synthesize([base], n, load_templates(), seed=seed, max_checks=2)
-    reqs = [ChatRequest(messages=tuple(p.messages), params=SamplingParams(temperature=0.7, max_new_tokens=max_new_tokens,
-                                                                          seed=seed + s))
-            for p in prompts for s in range(samples)]
-    backend = load_backend("hf", None)
+        return synthesize([base], n, load_templates(), seed=seed, max_checks=max_checks)
+
+
+def model_replies(n: int, samples: int, max_new_tokens: int, seed: int, model: str | None = None,
+                  greedy: bool = False, backend_name: str = "hf", max_checks: int = 2) -> list[dict[str, Any]]:
+    from backends import ChatRequest, SamplingParams, load_backend
+
+    prompts = questions(n, seed, max_checks)
+    params = [SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)] if greedy else [
+        SamplingParams(temperature=0.7, max_new_tokens=max_new_tokens, seed=seed + s) for s in range(samples)]
+    reqs = [ChatRequest(messages=tuple(p.messages), params=sp) for p in prompts for sp in params]
+    backend = load_backend(backend_name, model, **({"enforce_eager": True} if backend_name == "vllm" else {}))
     try:
         comps = backend.generate(reqs)
     finally:
         backend.close()
+    samples = len(params)
     checks = [p.meta["checks"] for p in prompts for _ in range(samples)]
     return [{"reply": c.text or "", "checks": ch} for c, ch in zip(comps, checks)]
 
@@ -201,8 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", help="write the replies as JSONL here (reusable with --replies)")
     ap.add_argument("--show", type=int, default=3, help="disagreements to print per type (default 3)")
+    ap.add_argument("--models", help="compare models (comma-separated folders or 'embedded'): greedy replies, pass "
+                    "rates by the official checker and the engine, paired difference to the first")
+    ap.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="--models: the backend that samples (default hf)")
+    ap.add_argument("--max-checks", type=int, default=2, help="instructions per prompt, 1..N (default 2)")
     a = ap.parse_args(argv)
     utils = load_ifeval()
+    if a.models:
+        return compare_models(utils, [m.strip() for m in a.models.split(",") if m.strip()], a)
     t0 = time.time()
     if a.test_cases:
         sys.path.insert(0, str(ROOT / "tests"))
@@ -233,6 +249,42 @@ def main(argv: list[str] | None = None) -> int:
             shown[c["type"]] = shown.get(c["type"], 0) + 1
             print(f"\n{json.dumps(c)}  engine={ours} IFEval={theirs}\n  {reply[:300]!r}")
     return 0
+
+
+def compare_models(utils: Any, models: list[str], a: argparse.Namespace) -> int:
+    """IFEval's strict verdict per prompt (every instruction followed), per model, on the same
+    greedy prompts; the engine's verdict beside it; the paired difference to the first model."""
+    from train.heldout import delta_ci
+
+    for m in models:
+        if m != "embedded" and not Path(m).is_dir():
+            fail(f"--models {m}: no such model folder")
+    print(f"{'model':48} {'prompts':>7} {'IFEval pass':>12} {'engine pass':>12} {'agree':>6}  IFEval vs first [95% CI]")
+    first: list[float] | None = None
+    saved: list[tuple[str, list[dict[str, Any]]]] = []
+    for m in models:
+        t0 = time.time()
+        rows = model_replies(a.n, 1, a.max_new_tokens, a.seed, None if m == "embedded" else m, greedy=True,
+                             backend_name=a.backend, max_checks=a.max_checks)
+        saved.append((m, rows))
+        theirs = [float(all(official_verdict(utils, c, r["reply"]) for c in r["checks"])) for r in rows]
+        ours = [float(all(check_passes(r["reply"], c) for c in r["checks"])) for r in rows]
+        agree = sum(x == y for x, y in zip(theirs, ours)) / len(rows)
+        d = "" if first is None else _ci3(delta_ci(theirs, first))
+        first = theirs if first is None else first
+        name = m if len(m) <= 48 else "..." + m[-45:]
+        print(f"{name:48} {len(rows):7} {sum(theirs) / len(rows):12.3f} {sum(ours) / len(rows):12.3f} {agree:6.2f}  {d}"
+              f"   ({time.time() - t0:.0f} s)")
+    if a.save:
+        Path(a.save).write_text("".join(json.dumps({"model": m, **r}, ensure_ascii=False) + "\n"
+                                        for m, rows in saved for r in rows), encoding="utf-8")
+    print(f"load average {os.getloadavg()[0]:.1f}; {a.n} prompts built from this file's questions (none from ../shared), "
+          f"1-{a.max_checks} instructions each, greedy, {a.max_new_tokens} tokens")
+    return 0
+
+
+def _ci3(v: Any) -> str:
+    return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]" if v else "-"
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ DATA = ROOT.parent / "shared" / "data"
 COMMON = dict(rubric="prompts/instructions.yaml", rounds=2, algos="dpo,grpo", heldout_types="include_word,ends_with", max_checks=1, temperature=1.0,
               lora=True, beta=None, epochs=1.0, max_steps=-1, batch_size=4, prompts_per_step=2, backend="hf",
               eval_trained=200, eval_heldout=100, eval_max_new_tokens=384, eval_every_round=False, warm_start="",
-              min_margin=0.5, seed=0, save_steps=2)
+              min_margin=0.5, seed=0, save_steps=2, serve_adapters=False)
 PRESETS = {
     # the plumbing on a 2-layer random model: figures mean nothing, the run must finish
     # and a random model passes no instruction, so its judge is a regex it passes about half the time
@@ -132,7 +132,8 @@ def run_algo(algo: str, work: Path, prompts: Path, s: dict) -> dict:
         "SELECT round, stage, result FROM loop_stages WHERE loop_id = ?", [out["loop_id"]])}
     corpus.close()
     return {"algo": algo, "rows": rows, "wall_s": wall, "recorded_s": recorded, "tokens": gen_tokens + grpo_tokens, "grpo_tokens": grpo_tokens,
-            "png": str(work / f"{algo}.png"), "stages": stages, "budget": out.get("budget") or []}
+            "png": str(work / f"{algo}.png"), "stages": stages, "budget": out.get("budget") or [],
+            "engine_starts": out.get("engine_starts", 0)}
 
 
 def loop_options(algo: str, work: Path, s: dict) -> dict:
@@ -146,7 +147,8 @@ def loop_options(algo: str, work: Path, s: dict) -> dict:
                 heldout_types=s["heldout_types"].split(",") if s["heldout_types"] else None,
                 eval_prompts=str(work / "eval_prompts.jsonl"), eval_max_new_tokens=s["eval_max_new_tokens"],
                 eval_every_round=s["eval_every_round"], warm_start=(s["warm_start"] or None) if algo == "dpo" else None,
-                seed=s["seed"], save_steps=s["save_steps"], policy=PolicyBackend(s["backend"]))
+                seed=s["seed"], save_steps=s["save_steps"], policy=PolicyBackend(s["backend"]),
+                serve_adapters=s["serve_adapters"])
 
 
 def split_prompts(work: Path, s: dict) -> dict:
@@ -303,7 +305,7 @@ def print_result(r: dict, s: dict) -> None:
 
     print(f"\n== {r['algo']}: wall {r['wall_s'] / 60:.1f} min (this invocation; all finished runs in the corpus: "
           f"{r['recorded_s'] / 60:.1f} min), generated tokens {r['tokens']} "
-          f"(of which GRPO rollouts {r['grpo_tokens']}); curve {r['png']}")
+          f"(of which GRPO rollouts {r['grpo_tokens']}); vLLM engine starts {r['engine_starts']}; curve {r['png']}")
     print(f"{'M':>3} {'rollout tokens':>14} {'trained types pass':>24} {'vs M0':>26} {'held-out types pass':>24} {'vs M0':>26} {'words':>7}  note")
     for row in r["rows"]:
         words = f"{row['words'][0]:.1f}" if row.get("words") else "-"

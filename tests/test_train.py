@@ -112,3 +112,49 @@ def test_cli_bad_base_is_one_line_exit_2(corpus, tmp_path):
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and "--base no-such-model" in r.stderr
+
+
+def test_continue_adapter_keeps_one_adapter_on_the_root_and_m_t_as_reference(corpus, tiny_model_dir, tmp_path):
+    """--serve-adapters' training: DPO from an SFT model trained with LoRA goes on training that
+    model's adapter on the root (tiny) model, so the saved adapter still names the root and the
+    root + adapter is the merged model; DPO's reference is the starting model M_t (TRL's frozen
+    copy of the loaded adapter), so the first step's loss is log 2, and the copy is not saved."""
+    import math
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from train import train_model
+
+    seed_release(corpus)
+    # a large learning rate: the SFT adapter moves the model far from the root, so a reference
+    # taken with the adapter switched off (the root) would not give log 2 at the first step
+    sft = train_model(corpus, "sft", base=str(tiny_model_dir), out=tmp_path / "sft", lora=True, max_steps=3, lr=0.05,
+                      batch_size=2, max_length=64, progress=False)
+    dpo = train_model(corpus, "dpo", base=sft, out=tmp_path / "dpo", lora=True, max_steps=2, lr=0.05,
+                      batch_size=2, max_length=64, progress=False, continue_adapter=True)
+    root = str(tiny_model_dir.resolve())
+    for name in ("sft", "dpo"):
+        cfg = json.loads((tmp_path / name / "adapter" / "adapter_config.json").read_text())
+        assert cfg["base_model_name_or_path"] == root
+    assert not (tmp_path / "dpo" / "adapter" / "ref").exists()
+    config = json.loads(corpus.query("SELECT config FROM models WHERE id = ?", [dpo])[0]["config"])
+    assert config["adapter_root"] == root and config["continued_adapter"].endswith("sft/adapter")
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    rooted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(root), tmp_path / "dpo" / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "dpo")
+    sft_model = AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
+    with torch.no_grad():
+        a, b, s = rooted(ids).logits, merged(ids).logits, sft_model(ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(b, s, atol=1e-3)  # DPO trained the adapter further
+    first = corpus.query("SELECT loss FROM train_steps WHERE model_id = ? ORDER BY step LIMIT 1", [dpo])[0]["loss"]
+    assert abs(first - math.log(2)) < 1e-3
+    # without continue_adapter, the same DPO starts a new adapter on the merged SFT model (its base)
+    fresh = train_model(corpus, "dpo", base=sft, out=tmp_path / "fresh", lora=True, max_steps=1,
+                        batch_size=2, max_length=64, progress=False)
+    fcfg = json.loads((tmp_path / "fresh" / "adapter" / "adapter_config.json").read_text())
+    assert fcfg["base_model_name_or_path"] == str((tmp_path / "sft").resolve())
+    assert "continued_adapter" not in json.loads(corpus.query("SELECT config FROM models WHERE id = ?", [fresh])[0]["config"])

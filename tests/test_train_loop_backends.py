@@ -273,3 +273,67 @@ def test_a_vllm_policy_keeps_one_engine_per_model_until_released(monkeypatch):
     with unkept.open("m3"):
         pass
     assert closed[-1] == "m3"  # without keep_engine, `with` closes as before
+
+
+def test_serve_adapters_needs_vllm_and_lora(tmp_path):
+    from train.loop import LoopConfig
+    from train.policy import PolicyBackend
+
+    tmp = _files(tmp_path, "^a")
+    for policy, lora in ((PolicyBackend("hf"), True), (PolicyBackend("vllm"), False)):
+        with pytest.raises(UserError, match="--serve-adapters: .* --backend vllm --lora"):
+            LoopConfig(prompts=str(tmp / "prompts.jsonl"), rubric=str(tmp / "rubric.yaml"), policy=policy, lora=lora,
+                       serve_adapters=True)
+
+
+def test_serve_adapters_one_engine_for_every_round(tmp_path, tiny_model_dir, monkeypatch):
+    """--serve-adapters: one engine started on M0 for two rounds of SFT warm start + DPO; M1 and M2
+    are served as LoRA adapters trained on M0 (each round goes on training the one adapter), and
+    the engine stays up through judging and training. vLLM's engine is stood in for by a scripted
+    backend that records what it is asked to serve (vLLM itself serving an adapter is
+    tests/test_backend_vllm.py's test); training is real, on the tiny model."""
+    from backends.embedded import model_identity
+    from backends.fake import FakeBackend
+    from corpus import Corpus
+    from train.loop import run_loop
+    from train.policy import PolicyBackend
+
+    started, served, closed = [], [], []
+
+    def reply(req):  # noqa: ANN001, ANN202 - sampled replies differ by seed; greedy ones pass
+        seed = req.params.seed
+        return "a calm lowercase answer" if seed is None else ("apple, Tree" if seed % 2 else "Zebra says hi")
+
+    class Engine(FakeBackend):
+        def with_adapter(self, adapter_dir, model):  # noqa: ANN001, ANN202
+            served.append(adapter_dir)
+            return Engine(model, default=reply)
+
+        def close(self) -> None:
+            closed.append(self.model)
+
+    def load(self, model, batch_size):  # noqa: ANN001, ANN202
+        started.append(model)
+        return Engine(model, default=reply)
+
+    monkeypatch.setattr(PolicyBackend, "_load", load)
+    tmp = _files(tmp_path, "^\\\\s*[a-mA-M]")
+    corpus = Corpus(tmp / "c.duckdb")
+    out = run_loop(corpus, str(tmp / "prompts.jsonl"), str(tmp / "rubric.yaml"), 2, progress=False,
+                   base=str(tiny_model_dir), filters_config=str(tmp / "filters.yaml"), auto_release=True, n=4,
+                   max_new_tokens=8, max_steps=1, batch_size=2, max_length=64, algo="sft+dpo", lora=True,
+                   heldout_types=["no_commas"], eval_every_round=True, serve_adapters=True,
+                   workdir=str(tmp / "work"), policy=PolicyBackend("vllm"))
+    root = str(tiny_model_dir.resolve())
+    assert started == [root] and out["engine_starts"] == 1
+    assert closed == [root]  # only when the loop ended
+    work = (tmp / "work").resolve()
+    # M1's eval, round 1's rollouts, M2's eval
+    assert served == [str(work / "round-0" / "policy" / "adapter")] * 2 + [str(work / "round-1" / "policy" / "adapter")]
+    for a in set(served):
+        assert json.loads((Path(a) / "adapter_config.json").read_text())["base_model_name_or_path"] == root
+    st = _stages(corpus)
+    assert st[(1, "generate")]["model"] == model_identity(str(work / "round-0" / "policy"))
+    configs = {r["path"]: json.loads(r["config"]) for r in corpus.query("SELECT path, config FROM models")}
+    assert configs[str(work / "round-0" / "policy")]["continued_adapter"] == str(work / "round-0" / "warm-sft" / "adapter")
+    assert configs[str(work / "round-1" / "policy")]["continued_adapter"] == str(work / "round-0" / "policy" / "adapter")

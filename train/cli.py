@@ -121,6 +121,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--filters-config", default=None, help="filters YAML (default: the filters package's default)")
     p.add_argument("--train-rm", action="store_true", help="also train a reward model each round; it joins the next round's jury")
     p.add_argument("--lora", action="store_true", help="LoRA for the DPO (and RM) steps")
+    p.add_argument("--serve-adapters", action="store_true",
+                   help="with --backend vllm --lora: one engine on M0 for the whole loop, each round's model served "
+                        "as its LoRA adapter (every round trains the one adapter further)")
     p.add_argument("--max-steps", type=int, default=-1, help="DPO steps per round (default: --epochs decide)")
     p.add_argument("--epochs", type=float, default=1.0, help="DPO epochs per round (default 1)")
     p.add_argument("--batch-size", type=int, default=4, help="DPO batch size (default 4)")
@@ -319,6 +322,7 @@ def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
         algo=args.algo, prompts_per_step=args.prompts_per_step, policy=_policy(args), warm_start=args.warm_start,
         eval_max_new_tokens=args.eval_max_new_tokens, eval_every_round=args.eval_every_round,
         pool_rounds=not args.no_pool_rounds, drop_barren_types=not args.keep_barren_types,
+        serve_adapters=args.serve_adapters,
         heldout_types=[t.strip() for t in args.heldout_types.split(",") if t.strip()] if args.heldout_types else None,
     )
     console = Console()
@@ -332,7 +336,8 @@ def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
         return 3
     if out.get("budget"):
         console.print(budget_table(out["budget"]))
-    print(f"loop {loop_id} done: {out['rounds']} rounds, final model {out['model_id']}")
+    starts = f", {out['engine_starts']} vLLM engine start(s)" if out.get("engine_starts") else ""
+    print(f"loop {loop_id} done: {out['rounds']} rounds, final model {out['model_id']}{starts}")
     return 0
 
 

@@ -84,6 +84,10 @@ class LoopConfig:
     # types whose prompts gave no pair at M_0 are left out of later rollouts (reported in the budget)
     drop_barren_types: bool = True
     warm_start: str | None = None
+    # vLLM + LoRA: every round trains the one adapter further on M_0 (DPO's reference is still
+    # M_t: TRL keeps a frozen copy of the loaded adapter), so one engine started on M_0 serves every
+    # round's model as a LoRA adapter, kept through judging and training instead of restarted
+    serve_adapters: bool = False
     policy: PolicyBackend = field(default_factory=PolicyBackend)
 
     def __post_init__(self) -> None:
@@ -97,6 +101,11 @@ class LoopConfig:
             raise UserError(f"--warm-start {self.warm_start}: choose one of {', '.join(WARM_STARTS)}")
         if self.warm_start and self.algo != "dpo":
             raise UserError(f"--warm-start {self.warm_start}: a warm start comes before DPO; use it with --algo dpo")
+        if self.serve_adapters:
+            if self.policy.name != "vllm" or not self.lora or self.algo == "grpo":
+                raise UserError("--serve-adapters: serves each round's LoRA adapter from one vLLM engine; "
+                                "use it with --backend vllm --lora and --algo dpo, sft or sft+dpo")
+            self.policy.serve_adapters = True
         for flag, v in (("--max-new-tokens", self.max_new_tokens), ("--eval-max-new-tokens", self.eval_max_new_tokens)):
             if v < 1:
                 raise UserError(f"{flag} {v}: give a positive token cap")
@@ -437,7 +446,7 @@ class ModelLoop:
             extra = {"rows": len(ts.rows), "rows_by_round": self._rows_by_round(ts.ids, kind, done)}
             train_kw = dict(release=rel, generated_by=by, lora=cfg.lora, max_steps=cfg.max_steps, epochs=cfg.epochs,
                             lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length, save_steps=cfg.save_steps,
-                            resume=True, progress=self.progress)
+                            resume=True, progress=self.progress, continue_adapter=cfg.serve_adapters)
             start = mid
             if cfg.warm_start == "sft" and t == 0:
                 # rejection sampling: SFT on M_0's passing replies first, then DPO from there (its own
@@ -487,7 +496,8 @@ class ModelLoop:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        # vLLM: one engine per model, kept from M_t's eval to its rollouts (policy.py)
+        # vLLM: one engine per model, kept from M_t's eval to its rollouts; with --serve-adapters one
+        # engine on M_0 for the whole loop (policy.py)
         self.cfg.policy.keep_engine = self.cfg.policy.name == "vllm"
         try:
             return self._run()
@@ -504,8 +514,8 @@ class ModelLoop:
                 if kill and kill[:2] == (t, stage) and kill[2] is None:
                     os.kill(os.getpid(), signal.SIGKILL)
                 self.say(f"[loop {self.loop_id}] round {t}: {stage}")
-                if stage not in SAMPLING_STAGES:  # training and judging want the memory and the cores
-                    self.cfg.policy.release()
+                if stage not in SAMPLING_STAGES and not self.cfg.serve_adapters:
+                    self.cfg.policy.release()  # training and judging want the memory and the cores
                 try:
                     result = self.run_stage(t, stage, done)
                 except BackendError as e:
@@ -525,7 +535,9 @@ class ModelLoop:
         from .report import loop_budget
 
         return {"loop_id": self.loop_id, "status": "done", "rounds": self.cfg.rounds, "model_id": final,
-                "budget": loop_budget(self.corpus, done, self.cfg.rounds)}
+                "budget": loop_budget(self.corpus, done, self.cfg.rounds),
+                # vLLM engines this invocation started (a resumed loop counts only its own)
+                "engine_starts": self.cfg.policy.engine_starts}
 
 
 def run_grpo(corpus: Corpus, rubric: str, *, prompts: str | None = None, release: str | None = None,

@@ -33,6 +33,10 @@ class TrainOptions:
     max_length: int = field(default=512, metadata={"help": "tokens per row; longer rows are truncated"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft), merged into the saved model"})
     lora_r: int = 16
+    # with lora: when the base folder holds the LoRA adapter it was saved with (adapter/), train that
+    # adapter further on the adapter's own base instead of a new adapter on the merged weights. Every
+    # model of a chain then stays root + one adapter, which one vLLM engine on the root serves
+    continue_adapter: bool = False
     beta: float = field(default=0.1, metadata={"help": "DPO beta: how far the policy may move from the reference"})
     save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (for --resume)"})
     seed: int = 0
@@ -184,6 +188,15 @@ def _callbacks(corpus: Corpus, model_id: str, run_id: str, progress: bool, kind:
     return [CorpusLog()] + ([RichBar()] if progress else [])
 
 
+def continued_adapter(kind: str, base_path: str, opts: TrainOptions) -> tuple[str, str] | None:
+    """(adapter folder, its root model folder) when this run trains the base's own adapter further."""
+    if not (opts.lora and opts.continue_adapter and kind != "rm"):
+        return None
+    from .policy import adapter_of
+
+    return adapter_of(base_path)
+
+
 def _build_trainer(kind: str, model_path: str, ts: TrainingSet, opts: TrainOptions, out: Path,
                    callbacks: list[Any], progress: bool) -> Any:
     from datasets import Dataset
@@ -193,7 +206,17 @@ def _build_trainer(kind: str, model_path: str, ts: TrainingSet, opts: TrainOptio
 
     tok = _load_tokenizer(model_path)
     set_seed(opts.seed)  # before the model: a reward head (and LoRA weights) start from the seed
-    model = _load_model(kind, model_path, tok)
+    cont = continued_adapter(kind, model_path, opts)
+    peft_config = _peft_config(kind, opts)
+    if cont:
+        from peft import PeftModel
+
+        # the root's weights + the base's adapter, trainable: the same model as the merged base folder.
+        # DPO: TRL copies the loaded adapter as a frozen "ref" adapter, so the reference is still M_t
+        model = PeftModel.from_pretrained(_load_model(kind, cont[1], tok), cont[0], is_trainable=True)
+        peft_config = None
+    else:
+        model = _load_model(kind, model_path, tok)
     rows = ts.rows
     if kind == "rm":  # keep long dialogues (TRL drops pairs over max_length) by dropping early turns
         from .rm_heldout import fit_dialogues
@@ -205,7 +228,7 @@ def _build_trainer(kind: str, model_path: str, ts: TrainingSet, opts: TrainOptio
     # DPO without ref_model: TRL copies the starting model as the frozen reference (M_t), or,
     # with LoRA, uses the model with its adapters switched off, which is the same thing
     trainer = cls(model=model, args=args, train_dataset=ds, processing_class=tok,
-                  peft_config=_peft_config(kind, opts), callbacks=callbacks)
+                  peft_config=peft_config, callbacks=callbacks)
     from transformers.trainer_callback import PrinterCallback
 
     # with tqdm off, transformers prints every log dict; the rich bar and train_steps carry them
@@ -223,8 +246,11 @@ def _latest_checkpoint(out: Path) -> str | None:
 def _save(trainer: Any, kind: str, out: Path, lora: bool) -> None:
     model = trainer.model
     if lora:
-        # a merged plain folder loads anywhere (hf, vLLM, the next round) without peft
-        trainer.model.save_pretrained(out / "adapter")
+        # a merged plain folder loads anywhere (hf, vLLM, the next round) without peft; the adapter
+        # beside it (the trained one only, not DPO's frozen "ref" copy) serves it on vLLM as a LoRA
+        if "ref" in getattr(model, "peft_config", {}):
+            model.delete_adapter("ref")
+        model.save_pretrained(out / "adapter", selected_adapters=["default"])
         model = model.merge_and_unload()
     model.save_pretrained(out)
     trainer.processing_class.save_pretrained(out)
@@ -252,12 +278,14 @@ def train_model(
     argv: list[str] | None = None,
     generated_by: str | None = None,
     callbacks: list[Any] | None = None,
+    continue_adapter: bool = False,
 ) -> str:
     """Train `kind` from `base` on a release's rows; returns the registered models.id."""
     if kind not in KINDS:
         raise UserError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
     opts = TrainOptions(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
-                        lora=lora, beta=beta, save_steps=save_steps, seed=seed, eval_fraction=eval_fraction)
+                        lora=lora, beta=beta, save_steps=save_steps, seed=seed, eval_fraction=eval_fraction,
+                        continue_adapter=continue_adapter)
     # validate everything before anything is written or trained
     ts = training_set(corpus, "sft" if kind == "sft" else "pair", release, generated_by)
     heldout: list[dict[str, Any]] = []
@@ -278,6 +306,9 @@ def train_model(
         "kind": kind, "base": base_path, "release_id": ts.release_id, "snapshot_hash": ts.snapshot_hash,
         "rows": len(ts.rows), "generated_by": generated_by, "device": "cuda" if on_gpu() else "cpu", **asdict(opts),
     }
+    cont = continued_adapter(kind, base_path, opts)
+    if cont:
+        config["continued_adapter"], config["adapter_root"] = cont
     if kind == "rm":
         config["heldout_snapshot_hash"] = snapshot_hash("heldout:pair", heldout_ids)
         config["heldout_pair_ids"] = heldout_ids  # `judge eval --heldout-of MODEL` measures on exactly these
