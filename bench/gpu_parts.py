@@ -275,7 +275,7 @@ def part_loop(a: argparse.Namespace, fig: Figures, s: dict) -> None:
         try:
             import vllm  # noqa: F401
         except ImportError:
-            args += ["--backend", "hf"]
+            args += ["--backend", "hf", "--serve-adapters", "false"]
     cmd = [sys.executable, str(ROOT / "bench" / "loop.py"), *args, "--workdir", str(work)]
     fig.meta(command=" ".join(cmd[1:]))
     ci = re.compile(r"[+-]?\d+\.\d+ \[[^\]]+\]")
