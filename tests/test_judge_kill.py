@@ -49,8 +49,12 @@ def test_a_stopped_judge_keeps_every_finished_judgment_and_the_rerun_asks_only_t
     with OpenAIServer(latency_s=0.05, reply=lambda body: verdict(4)) as srv:
         argv = ["--rubric", str(PROMPTS / "helpfulness.yaml"), "--db", str(db), "--judge-backend", "openai",
                 "--judge-model", "m", "--judge-base-url", srv.base_url, "--judge-concurrency", "1", "--quiet"]
+        # a shell without job control starts background jobs with SIGINT ignored, and an ignored
+        # SIGINT is inherited and kept by Python (no KeyboardInterrupt): give the judge the default,
+        # as a terminal's Ctrl-C would find it, whatever started this test run
         child = subprocess.Popen([sys.executable, "-m", "judge", *argv], cwd=ROOT, env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 120
             while srv.answers_sent() < 10 and child.poll() is None:
