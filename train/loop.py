@@ -105,7 +105,6 @@ class LoopConfig:
             if self.policy.name != "vllm" or not self.lora or self.algo == "grpo":
                 raise UserError("--serve-adapters: serves each round's LoRA adapter from one vLLM engine; "
                                 "use it with --backend vllm --lora and --algo dpo, sft or sft+dpo")
-            self.policy.serve_adapters = True
         for flag, v in (("--max-new-tokens", self.max_new_tokens), ("--eval-max-new-tokens", self.eval_max_new_tokens)):
             if v < 1:
                 raise UserError(f"{flag} {v}: give a positive token cap")
@@ -499,6 +498,7 @@ class ModelLoop:
         # vLLM: one engine per model, kept from M_t's eval to its rollouts; with --serve-adapters one
         # engine on M_0 for the whole loop (policy.py)
         self.cfg.policy.keep_engine = self.cfg.policy.name == "vllm"
+        self.cfg.policy.serve_adapters = self.cfg.serve_adapters
         try:
             return self._run()
         finally:

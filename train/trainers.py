@@ -198,7 +198,7 @@ def continued_adapter(kind: str, base_path: str, opts: TrainOptions) -> tuple[st
 
 
 def _build_trainer(kind: str, model_path: str, ts: TrainingSet, opts: TrainOptions, out: Path,
-                   callbacks: list[Any], progress: bool) -> Any:
+                   callbacks: list[Any], progress: bool, cont: tuple[str, str] | None = None) -> Any:
     from datasets import Dataset
     from trl import DPOTrainer, RewardTrainer, SFTTrainer
 
@@ -206,7 +206,6 @@ def _build_trainer(kind: str, model_path: str, ts: TrainingSet, opts: TrainOptio
 
     tok = _load_tokenizer(model_path)
     set_seed(opts.seed)  # before the model: a reward head (and LoRA weights) start from the seed
-    cont = continued_adapter(kind, model_path, opts)
     peft_config = _peft_config(kind, opts)
     if cont:
         from peft import PeftModel
@@ -314,7 +313,8 @@ def train_model(
         config["heldout_pair_ids"] = heldout_ids  # `judge eval --heldout-of MODEL` measures on exactly these
     with corpus.run(f"train {kind}", config, argv=argv) as run:
         trainer = _build_trainer(kind, base_path, ts, opts, out_dir,
-                                 _callbacks(corpus, model_id, run.id, progress, kind) + list(callbacks or []), progress)
+                                 _callbacks(corpus, model_id, run.id, progress, kind) + list(callbacks or []), progress,
+                                 cont)
         result = trainer.train(resume_from_checkpoint=checkpoint)
         _save(trainer, kind, out_dir, lora)
         metrics = _final_metrics(trainer, result)
