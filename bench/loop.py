@@ -36,7 +36,7 @@ DATA = ROOT.parent / "shared" / "data"
 COMMON = dict(rubric="prompts/instructions.yaml", rounds=2, algos="dpo,grpo", heldout_types="include_word,ends_with", max_checks=1, temperature=1.0,
               lora=True, beta=None, epochs=1.0, max_steps=-1, batch_size=4, prompts_per_step=2, backend="hf",
               eval_trained=200, eval_heldout=100, eval_max_new_tokens=384, eval_every_round=False, warm_start="",
-              min_margin=0.5, seed=0, save_steps=2, serve_adapters=False)
+              min_margin=0.5, length_balance=False, seed=0, save_steps=2, serve_adapters=False)
 PRESETS = {
     # the plumbing on a 2-layer random model: figures mean nothing, the run must finish
     # and a random model passes no instruction, so its judge is a regex it passes about half the time
@@ -75,12 +75,12 @@ prompts: {exact_dedup: true, near_dedup: null, decontaminate: null}
 responses: {empty: true, TRUNCATEDrefusal: null, repetition: null, language: null,
             length: {min_words: 1}, exact_dedup: true, near_dedup: null, decontaminate: null}
 sft: {min_score: 1.0}
-pairs: {method: best_worst, min_margin: MARGIN}
+pairs: {method: best_worst, min_margin: MARGIN, length_balance: BALANCE}
 """
 
 
 def filters_yaml(s: dict) -> str:
-    return FILTERS.replace("MARGIN", str(s["min_margin"])).replace("TRUNCATED", "truncated: null, " if s["model"] == "tiny" else "")
+    return FILTERS.replace("MARGIN", str(s["min_margin"])).replace("BALANCE", str(s["length_balance"]).lower()).replace("TRUNCATED", "truncated: null, " if s["model"] == "tiny" else "")
 
 
 def tiny_model(out: Path) -> str:

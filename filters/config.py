@@ -156,6 +156,7 @@ class Pairs(Strict):
     method: Literal["best_worst", "all", "west_of_n"] = "best_worst"
     min_margin: float = Field(0.1, ge=0, le=1)
     max_per_prompt: int | None = Field(None, ge=1)
+    length_balance: bool = False
 
 
 class FilterConfig(Strict):

@@ -4,6 +4,7 @@ West-of-N by pairwise wins). A pair never holds one candidate twice nor two iden
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -50,14 +51,30 @@ def _norm(item: Item) -> str:
     return item.meta["_normalized"]
 
 
+def _length_gap(a: Item, b: Item) -> float:
+    """How far apart two replies are in length: |log| of the ratio of their word counts (+1)."""
+    return abs(math.log((len(a.words()) + 1) / (len(b.words()) + 1)))
+
+
 def _best_worst(pid: str, pool: list[Item], choosable: list[Item], key, method: str,
-                min_margin: float, tie_pairs: set[frozenset], out: PairOutcome) -> None:
-    best = max(choosable, key=lambda i: (key(i), i.score, i.id))  # equal ranks: the better score
-    rejectable = [r for r in pool if _can_pair(best, r, tie_pairs)]
-    if not rejectable:
-        out.ties.append((pid, "no_rejected_candidate", {"best": best.id}))
+                min_margin: float, tie_pairs: set[frozenset], out: PairOutcome, length_balance: bool = False) -> None:
+    rank = lambda i: (key(i), i.score)  # noqa: E731  equal ranks: the better score
+    top = max(rank(i) for i in choosable)
+    bests = sorted((i for i in choosable if rank(i) == top), key=lambda i: i.id, reverse=True)
+    if not length_balance:
+        bests = bests[:1]  # the best by id, as before: one chosen, its worst rejected
+    options = []  # (chosen, rejected) among the tied best and, for each, its tied worst
+    for best in bests:
+        rejectable = [r for r in pool if _can_pair(best, r, tie_pairs)]
+        if rejectable:
+            low = min(rank(r) for r in rejectable)
+            options += [(best, r) for r in sorted(rejectable, key=lambda i: i.id) if rank(r) == low]
+    if not options:
+        out.ties.append((pid, "no_rejected_candidate", {"best": bests[0].id}))
         return
-    worst = min(rejectable, key=lambda i: (key(i), i.score, i.id))
+    # length_balance: of the tied choices, the pair closest in length, so that length is not what
+    # the pair teaches where the check did not ask for it; otherwise the first (lowest id) worst
+    best, worst = min(options, key=lambda bw: _length_gap(*bw)) if length_balance else options[0]
     margin = key(best) - key(worst)
     if margin <= 0 or margin < min_margin:
         out.ties.append((pid, f"margin<{min_margin:g}", {"best": best.id, "worst": worst.id, "margin": round(margin, 4)}))
@@ -67,8 +84,11 @@ def _best_worst(pid: str, pool: list[Item], choosable: list[Item], key, method: 
 
 def build_pairs(by_prompt: dict[str, list[Item]], method: str = "best_worst", min_margin: float = 0.1,
                 max_per_prompt: int | None = None, tie_pairs: set[frozenset] | None = None,
-                verdicts: dict[str, list[tuple[str, str, str]]] | None = None) -> PairOutcome:
-    """verdicts: prompt_id -> [(generation_a, generation_b, winner 'a'|'b'|'tie')] for west_of_n."""
+                verdicts: dict[str, list[tuple[str, str, str]]] | None = None,
+                length_balance: bool = False) -> PairOutcome:
+    """verdicts: prompt_id -> [(generation_a, generation_b, winner 'a'|'b'|'tie')] for west_of_n.
+    length_balance (best_worst, west_of_n): among candidates tied for best and for worst, pair the
+    two closest in length (words) rather than the first by id."""
     tie_pairs = tie_pairs or set()
     out = PairOutcome()
     for pid, items in by_prompt.items():
@@ -79,13 +99,13 @@ def build_pairs(by_prompt: dict[str, list[Item]], method: str = "best_worst", mi
             out.ties.append((pid, reason, {"candidates": len(pool)}))
             continue
         if method == "best_worst":
-            _best_worst(pid, pool, choosable, lambda i: i.score, method, min_margin, tie_pairs, out)
+            _best_worst(pid, pool, choosable, lambda i: i.score, method, min_margin, tie_pairs, out, length_balance)
         elif method == "west_of_n":
             rate = _win_rates(pool, (verdicts or {}).get(pid, []))
             if rate is None:  # no pairwise verdicts for every candidate: rank by pointwise score
-                _best_worst(pid, pool, choosable, lambda i: i.score, method, min_margin, tie_pairs, out)
+                _best_worst(pid, pool, choosable, lambda i: i.score, method, min_margin, tie_pairs, out, length_balance)
             else:
-                _best_worst(pid, pool, choosable, lambda i: rate[i.id], method, min_margin, tie_pairs, out)
+                _best_worst(pid, pool, choosable, lambda i: rate[i.id], method, min_margin, tie_pairs, out, length_balance)
         elif method == "all":
             found = [
                 PairChoice(pid, c, r, round(c.score - r.score, 6), method)

@@ -295,7 +295,7 @@ def run_filters(corpus: Corpus, config_path: str | Path | None = None, *, eval_s
             by_prompt[g.prompt_id].append(g)
         sft = select_sft(by_prompt, cfg.sft.min_score, cfg.sft.per_prompt)
         outcome = build_pairs(by_prompt, cfg.pairs.method, cfg.pairs.min_margin, cfg.pairs.max_per_prompt,
-                              data["tie_pairs"], data["verdicts"])
+                              data["tie_pairs"], data["verdicts"], cfg.pairs.length_balance)
 
         records: list[Record] = []
         decisions: list[Decision] = [d for s in prompt_steps + response_steps for d in getattr(s, "decisions", [])]

@@ -292,6 +292,37 @@ def test_pairs_respect_margins_and_never_pair_a_candidate_with_itself():
     assert not one.pairs and one.ties[0][1] == "fewer_than_2_candidates"
 
 
+def test_length_balance_pairs_the_tied_candidates_closest_in_length():
+    words = lambda n: " ".join(["word"] * n)  # noqa: E731
+    # pass/fail scores as one check gives them: two passes and three fails, all tied within their side
+    items = [_item("p1", 1.0, words(12)), _item("p2", 1.0, words(60)),
+             _item("f1", 0.0, words(150)), _item("f2", 0.0, words(58)), _item("f3", 0.0, words(5), rejected_only=True)]
+    plain = build_pairs({"p": items}, "best_worst", min_margin=0.5).pairs
+    assert [(p.chosen.id, p.rejected.id) for p in plain] == [("p2", "f1")]  # by id: highest chosen, lowest rejected
+    bal = build_pairs({"p": items}, "best_worst", min_margin=0.5, length_balance=True).pairs
+    assert [(p.chosen.id, p.rejected.id, p.margin) for p in bal] == [("p2", "f2", 1.0)]
+    # a strictly better candidate still wins over a closer length: balance only breaks ties
+    top = [_item("best", 1.0, words(10)), _item("mid", 0.6, words(150)), _item("low", 0.0, words(140)),
+           _item("low2", 0.0, words(11))]
+    bal = build_pairs({"p": top}, "best_worst", min_margin=0.5, length_balance=True).pairs
+    assert [(p.chosen.id, p.rejected.id) for p in bal] == [("best", "low2")]
+    # nothing to pair with stays a tie, reported as before
+    alone = build_pairs({"p": [_item("a", 1.0, "same"), _item("b", 0.0, "same")]}, "best_worst",
+                        min_margin=0.5, length_balance=True)
+    assert not alone.pairs and alone.ties[0][1] == "no_rejected_candidate"
+
+
+def test_length_balance_is_a_filters_config_key(tmp_path):
+    from filters.config import load_config
+
+    path = tmp_path / "f.yaml"
+    path.write_text("pairs: {length_balance: true}\n")
+    assert load_config(str(path)).pairs.length_balance is True
+    path.write_text("pairs: {length_balance: maybe}\n")
+    with pytest.raises(Exception, match="f.yaml:1: pairs.length_balance"):
+        load_config(str(path))
+
+
 def test_west_of_n_ranks_by_pairwise_wins_and_falls_back_to_scores():
     items = [_item("a", 0.9), _item("b", 0.5), _item("c", 0.1)]
     # pairwise verdicts disagree with the pointwise scores: c beats everyone
