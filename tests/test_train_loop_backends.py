@@ -134,6 +134,29 @@ def test_unknown_heldout_type_is_refused(tmp_path):
         LoopConfig(prompts=str(tmp_path / "prompts.jsonl"), rubric=str(tmp_path / "rubric.yaml"), heldout_types=["nope"])
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--prompts", "nope.jsonl"], "--prompts nope.jsonl: no such file"),
+    (["--rounds", "0"], "--rounds 0: run at least one round"),
+    (["--heldout-types", "nope"], "--heldout-types nope: unknown check type"),
+])
+def test_refused_loop_leaves_no_corpus_file(tmp_path, args, needle):
+    """A refused setting is one line, exit 2, before the corpus file is created (it was left empty)."""
+    import subprocess
+    import sys
+
+    _files(tmp_path, ".")
+    db = tmp_path / "new.duckdb"
+    base = {"--prompts": str(tmp_path / "prompts.jsonl"), "--rounds": "1"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    r = subprocess.run([sys.executable, "-m", "train", "loop", "--db", str(db), "--rubric", str(tmp_path / "rubric.yaml"),
+                        *[x for kv in base.items() for x in kv]], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not db.exists() and not Path(str(db) + ".wal").exists()
+
+
 def _stages(corpus) -> dict:
     return {(r["round"], r["stage"]): json.loads(r["result"]) for r in corpus.query("SELECT * FROM loop_stages")}
 

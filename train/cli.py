@@ -306,14 +306,14 @@ def _judge_if_named(args, argv: list[str]):  # noqa: ANN001, ANN202
 def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
     from rich.console import Console
 
-    from .loop import run_loop
+    from .loop import LoopConfig, ModelLoop
     from .report import budget_table, loop_rounds, report_table
 
     if getattr(args, "judge_no_wait", False):  # a round cannot go on without the judgments it asked for
         raise UserError("--judge-no-wait: the loop needs its judgments to go on; drop it (--judge-batch waits for them)")
-    corpus = Corpus(args.db)
-    out = run_loop(
-        corpus, args.prompts, args.rubric, args.rounds, judge=_judge_if_named(args, argv),
+    # every setting is checked before the corpus file is opened: a refused loop leaves no new file behind
+    cfg = LoopConfig(
+        prompts=args.prompts, rubric=args.rubric, rounds=args.rounds,
         base=args.base, workdir=args.workdir, eval_prompts=args.eval_prompts, eval_limit=args.eval_limit,
         n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens, auto_release=args.auto_release,
         threshold=args.threshold, min_reviews=args.min_reviews, filters_config=args.filters_config,
@@ -325,6 +325,9 @@ def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
         serve_adapters=args.serve_adapters,
         heldout_types=[t.strip() for t in args.heldout_types.split(",") if t.strip()] if args.heldout_types else None,
     )
+    judge = _judge_if_named(args, argv)
+    corpus = Corpus(args.db)
+    out = ModelLoop(corpus, cfg, judge=judge).run()
     console = Console()
     loop_id, rows = loop_rounds(corpus, out["loop_id"])
     if rows:
