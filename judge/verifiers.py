@@ -7,8 +7,10 @@ A verifier never raises for one item.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,21 +244,43 @@ def resolve_reward_model(corpus: Corpus, ref: str | None) -> dict[str, Any]:
     return rows[0]
 
 
-def reward_model(spec: VerifierSpec, items: list[Item], corpus: Corpus, batch_size: int = 8) -> list[VerifierResult]:
-    """Score (prompt, response) with a sequence-classification reward model; score = sigmoid(logit)."""
-    import torch
+_RM_LOCK = threading.Lock()
+
+
+def _stamp(path: str) -> float:
+    """When the model folder last changed: a model saved again at the same path is loaded again."""
+    from pathlib import Path
+
+    p = Path(path)
+    files = [p / "config.json", *p.glob("*.safetensors")] if p.is_dir() else [p]
+    return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_reward_model(path: str, stamp: float) -> tuple[Any, Any]:
+    """Tokenizer and model, loaded once per (path, stamp): a reward service or a GRPO run asks for
+    every request or step, and loading takes seconds."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    row = resolve_reward_model(corpus, spec.model)
-    try:
-        tok = AutoTokenizer.from_pretrained(row["path"])
-        model = AutoModelForSequenceClassification.from_pretrained(row["path"]).eval()
-    except Exception as e:
-        raise UserError(f"reward model {row['id']} at {row['path']} cannot be loaded ({str(e).splitlines()[0][:160]}); "
-                        "check the models table row") from None
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
+    return tok, model
+
+
+def reward_model(spec: VerifierSpec, items: list[Item], corpus: Corpus, batch_size: int = 8) -> list[VerifierResult]:
+    """Score (prompt, response) with a sequence-classification reward model; score = sigmoid(logit)."""
+    import torch
+
+    row = resolve_reward_model(corpus, spec.model)
+    try:
+        with _RM_LOCK:  # two request threads asking at once load it once
+            tok, model = _load_reward_model(row["path"], _stamp(row["path"]))
+    except Exception as e:
+        raise UserError(f"reward model {row['id']} at {row['path']} cannot be loaded ({str(e).splitlines()[0][:160]}); "
+                        "check the models table row") from None
     texts = []
     for prompt, resp in items:
         msgs = list(prompt.get("messages") or []) + [{"role": "assistant", "content": resp}]

@@ -73,6 +73,32 @@ def test_reward_model_verifier(corpus, tmp_path, tiny_rm_dir):
     assert detail["model_id"] == "rm-tiny"
 
 
+def test_reward_model_is_loaded_once_per_saved_version(corpus, tiny_rm_dir, tmp_path):
+    """A reward service or a GRPO run scores one item at a time: the model is loaded from disk once,
+    and again only when the folder is saved anew."""
+    import os
+    import shutil
+
+    from judge.rubric import VerifierSpec
+    from judge.verifiers import _load_reward_model, run_verifier
+
+    rm = tmp_path / "rm"
+    shutil.copytree(tiny_rm_dir, rm)
+    corpus.insert([ModelRecord(id="rm-cached", kind="rm", path=str(rm))])
+    spec = VerifierSpec(type="reward_model", model="rm-cached")
+    _load_reward_model.cache_clear()
+    first = [run_verifier(spec, [({"messages": [{"role": "user", "content": "q"}]}, f"answer {i}")], corpus)[0]
+             for i in range(3)]
+    info = _load_reward_model.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    again = run_verifier(spec, [({"messages": [{"role": "user", "content": "q"}]}, "answer 0")], corpus)[0]
+    assert again.score == first[0].score  # the cached model scores as the loaded one did
+    later = os.stat(rm / "config.json").st_mtime + 10
+    os.utime(rm / "config.json", (later, later))  # saved again at the same path: loaded again
+    run_verifier(spec, [({"messages": [{"role": "user", "content": "q"}]}, "answer 0")], corpus)
+    assert _load_reward_model.cache_info().misses == 2
+
+
 def test_reward_model_missing_is_a_user_error_before_any_write(corpus, tmp_path):
     add_candidates(corpus, [("q", ["a"])])
     path = tmp_path / "rm.yaml"
