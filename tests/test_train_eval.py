@@ -146,6 +146,13 @@ def test_eval_groups_trained_and_heldout_types_with_intervals(corpus, tiny_model
         lo_mid_hi = m[key]
         assert lo_mid_hi[1] <= lo_mid_hi[0] <= lo_mid_hi[2]
     assert len(m["per_prompt"]) == 3 and m["per_prompt"][2]["group"] is None
+    # every reply says whether it ran to the cap; a random model of 49k tokens almost never ends
+    # a reply within 8 tokens, so most are cut, and the finished-reply mean covers only the others
+    cuts = [r["cut"] for r in m["per_prompt"]]
+    assert all(isinstance(c, bool) for c in cuts) and sum(cuts) >= 2
+    assert m["cut_rate"] == sum(cuts) / 3
+    done = [r["words"] for r in m["per_prompt"] if not r["cut"]]
+    assert m["finished_words"] == (sum(done) / len(done) if done else None)
 
 
 def test_bootstrap_interval_and_paired_delta():
@@ -162,6 +169,9 @@ def test_bootstrap_interval_and_paired_delta():
     g = group_metrics(rows, base)
     assert g["trained_pass_delta"][0] == 1.0 and g["heldout_pass_delta"] == [0.0, 0.0, 0.0]
     assert g["trained_words_ratio"] == 2.0 and g["verifier_win_rate"] == 0.75
+    assert "cut_rate" not in g  # rows without the flag (an older eval): no cut figures
+    g = group_metrics([{**rows[0], "cut": False}, {**rows[1], "cut": True}])
+    assert g["cut_rate"] == 0.5 and g["finished_words"] == 10.0
 
 
 def test_cli_eval_through_a_served_endpoint(tiny_model_dir, tmp_path):

@@ -29,12 +29,17 @@ def prompt_group(checks: list[dict[str, Any]], trained_types: set[str] | None) -
     return None  # mixed: counts in the overall figures only
 
 
-def per_prompt(prompts: list[dict[str, Any]], replies: list[str], trained_types: set[str] | None) -> list[dict[str, Any]]:
+def per_prompt(prompts: list[dict[str, Any]], replies: list[str], trained_types: set[str] | None,
+               cut: list[bool] | None = None) -> list[dict[str, Any]]:
+    """One row per prompt; `cut` (one flag per reply: stopped at the token cap) adds a 'cut' key."""
     out = []
-    for p, r in zip(prompts, replies):
+    for i, (p, r) in enumerate(zip(prompts, replies)):
         frac = pass_fraction(r, p["checks"]) if p["checks"] else None
-        out.append({"group": p.get("group") or prompt_group(p["checks"], trained_types),
-                    "pass": None if frac is None else float(frac == 1.0), "frac": frac, "words": len(r.split())})
+        row = {"group": p.get("group") or prompt_group(p["checks"], trained_types),
+               "pass": None if frac is None else float(frac == 1.0), "frac": frac, "words": len(r.split())}
+        if cut is not None and i < len(cut):
+            row["cut"] = bool(cut[i])
+        out.append(row)
     return out
 
 
@@ -72,6 +77,11 @@ def group_metrics(rows: list[dict[str, Any]], baseline: list[dict[str, Any]] | N
     {group}_pass_delta and {group}_words_ratio; group 'all' covers every prompt with checks."""
     m: dict[str, Any] = {}
     m["words"] = _fmt(mean_ci([float(r["words"]) for r in rows]))
+    if rows and all("cut" in r for r in rows):
+        # a mean length mixes replies that ended with ones that ran to the cap: report both parts
+        m["cut_rate"] = sum(r["cut"] for r in rows) / len(rows)
+        done = [float(r["words"]) for r in rows if not r["cut"]]
+        m["finished_words"] = sum(done) / len(done) if done else None
     for g in ("all", *GROUPS):
         idx = [i for i, r in enumerate(rows) if r["pass"] is not None and (g == "all" or r["group"] == g)]
         m[f"{g}_n"] = len(idx)
