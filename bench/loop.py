@@ -36,7 +36,7 @@ DATA = ROOT.parent / "shared" / "data"
 COMMON = dict(rubric="prompts/instructions.yaml", rounds=2, algos="dpo,grpo", heldout_types="include_word,ends_with", max_checks=1, temperature=1.0,
               lora=True, beta=None, epochs=1.0, max_steps=-1, batch_size=4, prompts_per_step=2, backend="hf",
               eval_trained=200, eval_heldout=100, eval_max_new_tokens=384, eval_every_round=False, warm_start="",
-              min_margin=0.5, length_balance=False, seed=0, save_steps=2, serve_adapters=False)
+              min_margin=0.5, length_balance=False, ld_alpha=None, seed=0, save_steps=2, serve_adapters=False)
 PRESETS = {
     # the plumbing on a 2-layer random model: figures mean nothing, the run must finish
     # and a random model passes no instruction, so its judge is a regex it passes about half the time
@@ -145,7 +145,7 @@ def loop_options(algo: str, work: Path, s: dict) -> dict:
 
     return dict(base=s["base"], workdir=str(work / f"{algo}-loop"), auto_release=True, algo=algo, n=s["n"],
                 temperature=s["temperature"], max_new_tokens=s["max_new_tokens"], lora=s["lora"], lr=s["lr"],
-                beta=s["beta"], epochs=s["epochs"], max_steps=s["max_steps"], batch_size=s["batch_size"],
+                beta=s["beta"], ld_alpha=s["ld_alpha"] if algo == "dpo" else None, epochs=s["epochs"], max_steps=s["max_steps"], batch_size=s["batch_size"],
                 prompts_per_step=s["prompts_per_step"], filters_config=str(work / "filters.yaml"),
                 heldout_types=s["heldout_types"].split(",") if s["heldout_types"] else None,
                 eval_prompts=str(work / "eval_prompts.jsonl"), eval_max_new_tokens=s["eval_max_new_tokens"],
@@ -271,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         v = getattr(a, k, None)
         if v is not None:
             s[k] = (v.lower() in ("1", "true", "yes")) if isinstance(COMMON.get(k), bool) else v
-    if s["beta"] is not None:
-        s["beta"] = float(s["beta"])
+    for k in ("beta", "ld_alpha"):  # None in the presets, so argparse takes them as text
+        try:
+            s[k] = None if s[k] is None else float(s[k])
+        except ValueError:
+            ap.error(f"--{k.replace('_', '-')} {s[k]}: give a number, e.g. 0.1")
     for k in ("prompts", "n", "eval_trained", "eval_heldout", "max_new_tokens", "eval_max_new_tokens", "rounds"):
         if s[k] < 1:
             ap.error(f"--{k.replace('_', '-')} {s[k]}: give a positive number")

@@ -96,3 +96,6 @@ def test_a_bad_preset_value_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2 and "--n 0: give a positive number" in r.stderr.strip().splitlines()[-1]
     r = _bench("--preset", "gpu", "--plan", "--workdir", str(tmp_path), "--warm-start", "rl")
     assert r.returncode == 2 and "--warm-start rl" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
+    r = _bench("--preset", "gpu", "--plan", "--workdir", str(tmp_path), "--ld-alpha", "half")
+    assert r.returncode == 2 and "--ld-alpha half: give a number" in r.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in r.stderr

@@ -79,6 +79,22 @@ def test_lora_dpo_saves_merged_model_and_chains_parent(corpus, tiny_model_dir, t
     assert "peft" not in json.dumps(cfg).lower()  # merged: loads without peft
 
 
+def test_ld_alpha_reaches_trl_and_the_models_record(corpus, tiny_model_dir, tmp_path):
+    """--ld-alpha is TRL's LD-DPO weight: it reaches DPOConfig, and the model's config records it."""
+    from train import train_model
+    from train.trainers import TrainOptions, _trainer_args
+
+    assert _trainer_args("dpo", TrainOptions(ld_alpha=0.5), tmp_path, False).ld_alpha == 0.5
+    assert _trainer_args("dpo", TrainOptions(), tmp_path, False).ld_alpha is None  # plain DPO by default
+    with pytest.raises(UserError, match="--ld-alpha 1.5"):
+        TrainOptions(ld_alpha=1.5)
+    seed_release(corpus)
+    mid = train_model(corpus, "dpo", base=str(tiny_model_dir), out=tmp_path / "ld", max_steps=1, batch_size=2,
+                      max_length=64, ld_alpha=0.5, progress=False)
+    cfg = corpus.query("SELECT config FROM models WHERE id = ?", [mid])[0]["config"]
+    assert json.loads(cfg)["ld_alpha"] == 0.5
+
+
 def test_resume_continues_from_checkpoint(corpus, tiny_model_dir, tmp_path):
     from train import train_model
 

@@ -138,6 +138,8 @@ def test_unknown_heldout_type_is_refused(tmp_path):
     (["--prompts", "nope.jsonl"], "--prompts nope.jsonl: no such file"),
     (["--rounds", "0"], "--rounds 0: run at least one round"),
     (["--heldout-types", "nope"], "--heldout-types nope: unknown check type"),
+    (["--ld-alpha", "1.5"], "--ld-alpha 1.5: a weight in [0, 1]"),
+    (["--algo", "sft", "--ld-alpha", "0.5"], "use it with --algo dpo"),
 ])
 def test_refused_loop_leaves_no_corpus_file(tmp_path, args, needle):
     """A refused setting is one line, exit 2, before the corpus file is created (it was left empty)."""

@@ -26,6 +26,9 @@ def _add_train_parser(sub, kind: str, help: str) -> None:  # noqa: ANN001
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     if kind == "dpo":
         p.add_argument("--beta", type=float, default=0.1, help="DPO beta (default 0.1)")
+        p.add_argument("--ld-alpha", type=float, default=None,
+                       help="LD-DPO: weight of the longer reply's tokens past the shorter one's length, in [0, 1] "
+                            "(default: none, plain DPO); lower counts a pair's length gap less")
     if kind == "rm":
         p.add_argument("--eval-fraction", type=float, default=0.1,
                        help="share of the pairs held out; the summary's accuracy is measured on them (default 0.1)")
@@ -129,6 +132,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="DPO batch size (default 4)")
     p.add_argument("--lr", type=float, default=None, help="DPO learning rate (default 5e-6; 5e-5 with --lora)")
     p.add_argument("--beta", type=float, default=None, help="DPO beta (default 0.1); GRPO KL weight (default 0)")
+    p.add_argument("--ld-alpha", type=float, default=None,
+                   help="DPO rounds: LD-DPO weight of the longer reply's tokens past the shorter one's length, in [0, 1] "
+                        "(default: none, plain DPO)")
     p.add_argument("--max-length", type=int, default=512, help="tokens per training row (default 512)")
     p.add_argument("--save-steps", type=int, default=50, help="checkpoint every N training steps (default 50)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -189,7 +195,7 @@ def _train(args, argv: list[str]) -> int:  # noqa: ANN001
         corpus, args.cmd, base=args.base, out=args.out, release=args.release, lora=args.lora,
         max_steps=args.max_steps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         max_length=args.max_length, beta=getattr(args, "beta", 0.1), save_steps=args.save_steps,
-        resume=args.resume, argv=["train", *argv],
+        resume=args.resume, **({"ld_alpha": args.ld_alpha} if args.cmd == "dpo" else {}), argv=["train", *argv],
         **({"eval_fraction": args.eval_fraction, "seed": args.seed} if args.cmd == "rm" else {}),
     )
     row = get_model(corpus, model_id)
@@ -318,8 +324,8 @@ def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
         n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens, auto_release=args.auto_release,
         threshold=args.threshold, min_reviews=args.min_reviews, filters_config=args.filters_config,
         train_rm=args.train_rm, lora=args.lora, max_steps=args.max_steps, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, beta=args.beta, max_length=args.max_length, save_steps=args.save_steps, seed=args.seed,
-        algo=args.algo, prompts_per_step=args.prompts_per_step, policy=_policy(args), warm_start=args.warm_start,
+        batch_size=args.batch_size, lr=args.lr, beta=args.beta, ld_alpha=args.ld_alpha, max_length=args.max_length, save_steps=args.save_steps,
+        seed=args.seed, algo=args.algo, prompts_per_step=args.prompts_per_step, policy=_policy(args), warm_start=args.warm_start,
         eval_max_new_tokens=args.eval_max_new_tokens, eval_every_round=args.eval_every_round,
         pool_rounds=not args.no_pool_rounds, drop_barren_types=not args.keep_barren_types,
         serve_adapters=args.serve_adapters,

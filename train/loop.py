@@ -70,6 +70,7 @@ class LoopConfig:
     batch_size: int = 4
     lr: float | None = None
     beta: float | None = None
+    ld_alpha: float | None = None  # DPO rounds: LD-DPO's weight of a longer reply's excess tokens
     max_length: int = 512
     save_steps: int = 50
     eval_limit: int | None = None
@@ -101,6 +102,9 @@ class LoopConfig:
             raise UserError(f"--warm-start {self.warm_start}: choose one of {', '.join(WARM_STARTS)}")
         if self.warm_start and self.algo != "dpo":
             raise UserError(f"--warm-start {self.warm_start}: a warm start comes before DPO; use it with --algo dpo")
+        if self.ld_alpha is not None and (self.algo != "dpo" or not 0 <= self.ld_alpha <= 1):
+            raise UserError(f"--ld-alpha {self.ld_alpha}: a weight in [0, 1] for the DPO rounds; use it with --algo dpo "
+                            "(or sft+dpo)")
         if self.serve_adapters:
             if self.policy.name != "vllm" or not self.lora or self.algo == "grpo":
                 raise UserError("--serve-adapters: serves each round's LoRA adapter from one vLLM engine; "
@@ -252,6 +256,8 @@ class ModelLoop:
                  "base": self.m0_id, "workdir": str(self.workdir), "algo": cfg.algo}
         if cfg.warm_start:  # a warm-started loop trains other models: its own id (unset: ids as before)
             ident["warm_start"] = cfg.warm_start
+        if cfg.ld_alpha is not None:  # the same for a length-desensitized DPO
+            ident["ld_alpha"] = cfg.ld_alpha
         self.loop_id = "loop-" + content_id("loop", ident)[:12]
         corpus.insert([Loop(id=self.loop_id, config={**asdict(cfg), **ident}, base_model_id=self.m0_id)])
         self.train_prompts, self.eval_set = self._split_prompts()
@@ -460,7 +466,7 @@ class ModelLoop:
                     set_training(self.corpus, start, "sft-rs", reward, config_extra={"loop_id": self.loop_id, "warm_start": True})
                 extra["warm_start"] = {"kind": "sft", "rows": sft_rows, "model_id": start if sft_rows else None}
             new = train_model(self.corpus, kind, base=start, out=out, beta=cfg.beta if cfg.beta is not None else 0.1,
-                              callbacks=cbs, **train_kw)
+                              callbacks=cbs, **train_kw, **({"ld_alpha": cfg.ld_alpha} if kind == "dpo" else {}))
         warmed = cfg.algo != "grpo" and (extra.get("warm_start") or {}).get("model_id")
         algo = {"sft": "sft-rs", "dpo": "sft+dpo" if warmed else "dpo", "grpo": "grpo"}[cfg.algo]
         set_training(self.corpus, new, algo, reward if cfg.algo != "grpo" else None,

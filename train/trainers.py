@@ -38,6 +38,9 @@ class TrainOptions:
     # model of a chain then stays root + one adapter, which one vLLM engine on the root serves
     continue_adapter: bool = False
     beta: float = field(default=0.1, metadata={"help": "DPO beta: how far the policy may move from the reference"})
+    # LD-DPO (TRL's ld_alpha): the tokens of the longer reply past the shorter one's length count
+    # with this weight in the log-probabilities, so a pair's length gap weighs less; None: plain DPO
+    ld_alpha: float | None = None
     save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (for --resume)"})
     seed: int = 0
     eval_fraction: float = field(default=0.1, metadata={"help": "rm: share of the release's pairs held out to measure accuracy"})
@@ -51,6 +54,8 @@ class TrainOptions:
             raise UserError(f"--lr {self.lr}: expected a learning rate between 0 and 1, e.g. 1e-5")
         if self.max_length < 16:
             raise UserError(f"--max-length {self.max_length}: too short to hold a prompt and a reply")
+        if self.ld_alpha is not None and not 0 <= self.ld_alpha <= 1:
+            raise UserError(f"--ld-alpha {self.ld_alpha}: expected a weight in [0, 1], e.g. 0.5 (1: plain DPO)")
         if not 0 <= self.eval_fraction < 1:
             raise UserError(f"--eval-fraction {self.eval_fraction}: expected a share in [0, 1), e.g. 0.1")
 
@@ -96,7 +101,7 @@ def _trainer_args(kind: str, opts: TrainOptions, out: Path, progress: bool) -> A
         return SFTConfig(completion_only_loss=True, **common)
     if kind == "rm":
         return RewardConfig(**common)
-    return DPOConfig(beta=opts.beta, **common)
+    return DPOConfig(beta=opts.beta, ld_alpha=opts.ld_alpha, **common)
 
 
 def _bf16_ok() -> bool:
@@ -269,6 +274,7 @@ def train_model(
     batch_size: int = 4,
     max_length: int = 512,
     beta: float = 0.1,
+    ld_alpha: float | None = None,
     save_steps: int = 50,
     eval_fraction: float = 0.1,
     resume: bool = False,
@@ -283,7 +289,7 @@ def train_model(
     if kind not in KINDS:
         raise UserError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
     opts = TrainOptions(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
-                        lora=lora, beta=beta, save_steps=save_steps, seed=seed, eval_fraction=eval_fraction,
+                        lora=lora, beta=beta, ld_alpha=ld_alpha, save_steps=save_steps, seed=seed, eval_fraction=eval_fraction,
                         continue_adapter=continue_adapter)
     # validate everything before anything is written or trained
     ts = training_set(corpus, "sft" if kind == "sft" else "pair", release, generated_by)
