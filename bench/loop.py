@@ -315,16 +315,17 @@ def print_result(r: dict, s: dict) -> None:
     print(f"\n== {r['algo']}: wall {r['wall_s'] / 60:.1f} min (this invocation; all finished runs in the corpus: "
           f"{r['recorded_s'] / 60:.1f} min), generated tokens {r['tokens']} "
           f"(of which GRPO rollouts {r['grpo_tokens']}); vLLM engine starts {r['engine_starts']}; curve {r['png']}")
-    print(f"{'M':>3} {'rollout tokens':>14} {'trained types pass':>24} {'vs M0':>26} {'held-out types pass':>24} {'vs M0':>26} {'words':>7} {'cut':>5} {'fin.w':>6}  note")
+    print(f"{'M':>3} {'rollout tokens':>14} {'trained types pass':>24} {'vs M0':>26} {'held-out types pass':>24} {'vs M0':>26} {'words':>7} {'cut':>5} {'fin.w':>6} {'loop':>5}  note")
     for row in r["rows"]:
         words = f"{row['words'][0]:.1f}" if row.get("words") else "-"
         # cut: share of eval replies that ran to the eval cap; fin.w: mean words of the others
         cut = f"{row['cut_rate']:.2f}" if row.get("cut_rate") is not None else "-"
         fin = f"{row['finished_words']:.1f}" if row.get("finished_words") is not None else "-"
+        loop = f"{row['looping_rate']:.2f}" if row.get("looping_rate") is not None else "-"  # in a degenerate loop
         note = ("not trained: " + row["skipped"][:60]) if row.get("skipped") else ("not evaluated" if row.get("not_evaluated") else "")
         print(f"{row['round']:>3} {row['tokens_spent']:>14} {_ci(row['trained_pass']):>24} "
               f"{_ci(row['trained_delta'], True) if row['round'] else '':>26} "
-              f"{_ci(row['heldout_pass']):>24} {_ci(row['heldout_delta'], True) if row['round'] else '':>26} {words:>7} {cut:>5} {fin:>6}  {note}")
+              f"{_ci(row['heldout_pass']):>24} {_ci(row['heldout_delta'], True) if row['round'] else '':>26} {words:>7} {cut:>5} {fin:>6} {loop:>5}  {note}")
     ev = [row for row in r["rows"] if row.get("trained_pass")]
     print(verdict(ev) if len(ev) > 1 else "target: - (one evaluated model)")
     trained = set(r["stages"].get((0, "eval_base"), {}).get("trained_types") or [])

@@ -174,6 +174,21 @@ def test_bootstrap_interval_and_paired_delta():
     assert g["cut_rate"] == 0.5 and g["finished_words"] == 10.0
 
 
+def test_a_reply_in_a_degenerate_loop_is_counted():
+    """The eval counts replies stuck in a loop (the filters' repetition check), so a length drop that
+    is really loops going away can be told from replies that say less."""
+    from train.heldout import group_metrics, per_prompt
+
+    loop = "He is a legendary martial arts figure in the world of D&D. " * 20
+    lines = "\n".join(["#include <glm/glm.hpp>"] * 12)
+    prose = ("Sleep in a dark room lowers the heart rate at night, and a study of young adults found that one "
+             "night with a dim light raised their blood sugar. The authors suggest turning off screens.")
+    ps = [{"messages": [{"role": "user", "content": "q"}], "checks": []}] * 3
+    rows = per_prompt(ps, [loop, lines, prose], None)
+    assert [r["looping"] for r in rows] == [True, True, False]
+    assert group_metrics(rows)["looping_rate"] == 2 / 3
+
+
 def test_cli_eval_through_a_served_endpoint(tiny_model_dir, tmp_path):
     """`train eval --backend openai`: the real loopback server (echo replies) serves the model
     under the name --served-model gives; nothing is loaded locally."""

@@ -29,6 +29,15 @@ def prompt_group(checks: list[dict[str, Any]], trained_types: set[str] | None) -
     return None  # mixed: counts in the overall figures only
 
 
+def looping(text: str) -> bool:
+    """A degenerate loop (the same line again and again, or few distinct word 3-grams), by the
+    filters' repetition check with its default thresholds."""
+    from filters.base import Item
+    from filters.heuristics import RepetitionFilter
+
+    return RepetitionFilter().filter(Item(id="", kind="generation", text=text)) is not True
+
+
 def per_prompt(prompts: list[dict[str, Any]], replies: list[str], trained_types: set[str] | None,
                cut: list[bool] | None = None) -> list[dict[str, Any]]:
     """One row per prompt; `cut` (one flag per reply: stopped at the token cap) adds a 'cut' key."""
@@ -36,7 +45,8 @@ def per_prompt(prompts: list[dict[str, Any]], replies: list[str], trained_types:
     for i, (p, r) in enumerate(zip(prompts, replies)):
         frac = pass_fraction(r, p["checks"]) if p["checks"] else None
         row = {"group": p.get("group") or prompt_group(p["checks"], trained_types),
-               "pass": None if frac is None else float(frac == 1.0), "frac": frac, "words": len(r.split())}
+               "pass": None if frac is None else float(frac == 1.0), "frac": frac, "words": len(r.split()),
+               "looping": looping(r)}
         if cut is not None and i < len(cut):
             row["cut"] = bool(cut[i])
         out.append(row)
@@ -82,6 +92,8 @@ def group_metrics(rows: list[dict[str, Any]], baseline: list[dict[str, Any]] | N
         m["cut_rate"] = sum(r["cut"] for r in rows) / len(rows)
         done = [float(r["words"]) for r in rows if not r["cut"]]
         m["finished_words"] = sum(done) / len(done) if done else None
+    if rows and all("looping" in r for r in rows):
+        m["looping_rate"] = sum(r["looping"] for r in rows) / len(rows)
     for g in ("all", *GROUPS):
         idx = [i for i, r in enumerate(rows) if r["pass"] is not None and (g == "all" or r["group"] == g)]
         m[f"{g}_n"] = len(idx)

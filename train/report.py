@@ -56,6 +56,7 @@ def loop_rounds(corpus: Corpus, loop_id: str | None = None) -> tuple[str, list[d
             "trained_n": ev.get("trained_n"), "heldout_n": ev.get("heldout_n"),
             # share of eval replies that ran to the eval cap, and the mean length of the others
             "cut_rate": ev.get("cut_rate"), "finished_words": ev.get("finished_words"),
+            "looping_rate": ev.get("looping_rate"),  # replies in a degenerate loop (the filters' repetition check)
             "skipped": ev.get("skipped"), "not_evaluated": ev.get("not_evaluated"),
             "n_by_check": ev.get("n_by_check") or {},
             # the sampling budget spent before M_t existed: rollout tokens of rounds 0..t-1
