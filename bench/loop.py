@@ -206,8 +206,14 @@ def verdict(rows: list[dict]) -> str:
     # change of length, not only of instruction following
     ok_len = ratio is not None and 1 / 1.5 <= ratio <= 1.5
     side = "" if ok_len or ratio is None else (" (longer)" if ratio > 1.5 else " (shorter)")
+    # not part of the target, beside it: the mean of replies that ended on their own (a reply run to
+    # the eval cap, often a loop, weighs in the mean above as however long the cap let it be)
+    fin = ""
+    if last.get("finished_words") and m0.get("finished_words"):
+        fin = (f" [finished replies only: x{last['finished_words'] / m0['finished_words']:.2f}; "
+               f"cut at the eval cap {m0['cut_rate']:.0%} -> {last['cut_rate']:.0%}]")
     return (f"target: gain>=10pt & CI>0 {'MET' if ok_gain else 'not met'}; held-out types not worse "
-            f"{'MET' if ok_held else 'not met'}; length x{ratio:.2f} within 1.5x {'MET' if ok_len else 'not met'}{side}"
+            f"{'MET' if ok_held else 'not met'}; length x{ratio:.2f} within 1.5x {'MET' if ok_len else 'not met'}{side}{fin}"
             if ratio is not None else "target: -")
 
 

@@ -99,3 +99,22 @@ def test_a_bad_preset_value_is_one_line_exit_2(tmp_path):
     r = _bench("--preset", "gpu", "--plan", "--workdir", str(tmp_path), "--ld-alpha", "half")
     assert r.returncode == 2 and "--ld-alpha half: give a number" in r.stderr.strip().splitlines()[-1]
     assert "Traceback" not in r.stderr
+
+
+def test_verdict_reads_the_length_both_ways_and_reports_finished_replies_beside_it():
+    """The length target is the mean of every reply; replies run to the eval cap are reported beside it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_loop", ROOT / "bench" / "loop.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    verdict = mod.verdict
+
+    m0 = {"words": [135.0, 120.0, 150.0], "cut_rate": 0.5, "finished_words": 70.0}
+    m2 = {"words": [54.0, 50.0, 60.0], "trained_delta": [0.12, 0.05, 0.2], "heldout_delta": [0.05, -0.02, 0.1],
+          "cut_rate": 0.05, "finished_words": 49.0}
+    v = verdict([m0, m2])
+    assert "gain>=10pt & CI>0 MET" in v and "held-out types not worse MET" in v
+    assert "length x0.40 within 1.5x not met (shorter)" in v
+    assert "finished replies only: x0.70" in v and "50% -> 5%" in v
+    assert "finished" not in verdict([{"words": [100.0] * 3}, {**m2, "finished_words": None}])
