@@ -59,10 +59,10 @@ def load_eval_prompts(path: str | Path, limit: int | None = None) -> list[dict[s
 
 
 def generate_replies(path: str, prompts: list[dict[str, Any]], max_new_tokens: int, batch_size: int = 16,
-                     policy: PolicyBackend | None = None, first: bool = False, progress: bool = False,
-                     cut: list[bool] | None = None) -> list[str]:
-    """Greedy replies: an eval should not change between two runs of the same model. `cut`, where
-    given, receives one flag per reply: True where it stopped at the token cap, not on its own."""
+                     policy: PolicyBackend | None = None, first: bool = False,
+                     progress: bool = False) -> tuple[list[str], list[bool]]:
+    """Greedy replies (an eval should not change between two runs of the same model), and per reply
+    whether it stopped at the token cap rather than on its own."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     policy = policy or PolicyBackend()
@@ -80,9 +80,7 @@ def generate_replies(path: str, prompts: list[dict[str, Any]], max_new_tokens: i
     if failed and len(failed) == len(comps):
         hint = f"; {serve_hint(path)}" if policy.name == "openai" else ""
         raise UserError(f"eval: every reply of {policy.model_name(path, first)} failed ({failed[0][:160]}){hint}")
-    if cut is not None:
-        cut.extend(c.finish_reason == "length" for c in comps)
-    return [c.text for c in comps]
+    return [c.text for c in comps], [c.finish_reason == "length" for c in comps]
 
 
 def _verdict(text: str) -> str | None:
@@ -188,17 +186,15 @@ def run_eval(
         else:
             ps = load_eval_prompts(prompts, limit) if isinstance(prompts, (str, Path)) else list(prompts or [])[:limit]
             first = model_id == chain[-1]["id"]
-            cut: list[bool] = []
-            ours = generate_replies(model_path, ps, max_new_tokens, batch_size, policy, first=first, progress=progress, cut=cut)
+            ours, cut = generate_replies(model_path, ps, max_new_tokens, batch_size, policy, first=first, progress=progress)
             metrics.update(reply_metrics(ps, ours))
             metrics["prompts"] = len(ps)
             types = trained_types if trained_types is not None else _trained_types(chain)
             mine = per_prompt(ps, ours, types, cut)
             base_rows = baseline_per_prompt
             if base_rows is None and baseline_id != model_id:
-                their_cut: list[bool] = []
-                theirs = generate_replies(baseline_path, ps, max_new_tokens, batch_size, policy,
-                                          first=baseline_id == chain[-1]["id"], progress=progress, cut=their_cut)
+                theirs, their_cut = generate_replies(baseline_path, ps, max_new_tokens, batch_size, policy,
+                                                     first=baseline_id == chain[-1]["id"], progress=progress)
                 base_rows = per_prompt(ps, theirs, types, their_cut)
             metrics.update(group_metrics(mine, base_rows if baseline_id != model_id else None))
             metrics["per_prompt"] = mine

@@ -42,13 +42,13 @@ def per_prompt(prompts: list[dict[str, Any]], replies: list[str], trained_types:
                cut: list[bool] | None = None) -> list[dict[str, Any]]:
     """One row per prompt; `cut` (one flag per reply: stopped at the token cap) adds a 'cut' key."""
     out = []
-    for i, (p, r) in enumerate(zip(prompts, replies)):
+    for p, r, c in zip(prompts, replies, cut if cut is not None else [None] * len(replies)):
         frac = pass_fraction(r, p["checks"]) if p["checks"] else None
         row = {"group": p.get("group") or prompt_group(p["checks"], trained_types),
                "pass": None if frac is None else float(frac == 1.0), "frac": frac, "words": len(r.split()),
                "looping": looping(r)}
-        if cut is not None and i < len(cut):
-            row["cut"] = bool(cut[i])
+        if c is not None:
+            row["cut"] = bool(c)
         out.append(row)
     return out
 
