@@ -35,7 +35,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 COMMON = dict(rubric="prompts/instructions.yaml", rounds=2, algos="dpo,grpo", heldout_types="include_word,ends_with", max_checks=1, temperature=1.0,
               lora=True, beta=None, epochs=1.0, max_steps=-1, batch_size=4, prompts_per_step=2, backend="hf",
-              eval_trained=200, eval_heldout=100, eval_max_new_tokens=384, eval_every_round=False, warm_start="",
+              eval_trained=200, eval_heldout=100, eval_max_new_tokens=384, eval_every_round=False, warm_start="", warm_start_types="",
               min_margin=0.5, length_balance=False, ld_alpha=None, seed=0, save_steps=2, serve_adapters=False)
 PRESETS = {
     # the plumbing on a 2-layer random model: figures mean nothing, the run must finish
@@ -150,6 +150,7 @@ def loop_options(algo: str, work: Path, s: dict) -> dict:
                 heldout_types=s["heldout_types"].split(",") if s["heldout_types"] else None,
                 eval_prompts=str(work / "eval_prompts.jsonl"), eval_max_new_tokens=s["eval_max_new_tokens"],
                 eval_every_round=s["eval_every_round"], warm_start=(s["warm_start"] or None) if algo == "dpo" else None,
+                warm_start_types=(s["warm_start_types"] or None) if algo == "dpo" else None,
                 seed=s["seed"], save_steps=s["save_steps"], policy=PolicyBackend(s["backend"]),
                 serve_adapters=s["serve_adapters"])
 

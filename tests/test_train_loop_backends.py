@@ -140,6 +140,8 @@ def test_unknown_heldout_type_is_refused(tmp_path):
     (["--heldout-types", "nope"], "--heldout-types nope: unknown check type"),
     (["--ld-alpha", "1.5"], "--ld-alpha 1.5: a weight in [0, 1]"),
     (["--algo", "sft", "--ld-alpha", "0.5"], "use it with --algo dpo"),
+    (["--warm-start-types", "sparse"], "--warm-start-types sparse: narrows a warm start; add --warm-start sft"),
+    (["--algo", "sft+dpo", "--warm-start-types", "json"], "--warm-start-types json: give 'sparse' or check types"),
 ])
 def test_refused_loop_leaves_no_corpus_file(tmp_path, args, needle):
     """A refused setting is one line, exit 2, before the corpus file is created (it was left empty)."""
@@ -221,6 +223,45 @@ def test_sft_warm_start_comes_before_round_zeros_dpo(tmp_path, tiny_model_dir):
     assert warm["kind"] == "sft" and warm["algorithm"] == "sft-rs" and tr["warm_start"]["rows"] > 0
     assert dpo["parent_id"] == warm["id"] and dpo["algorithm"] == "sft+dpo"
     assert warm["parent_id"] == tr["parent_id"]  # M0 -> SFT on M0's passing replies -> DPO
+
+
+def _sparse_reply(body):
+    """'Say' prompts (lowercase): sampled replies differ, a pair on each. 'Write' prompts (max_words):
+    every sample is the same passing reply, so SFT rows and no pair: the sparse type."""
+    if body.get("seed") is None:
+        return "a calm lowercase answer"
+    if "Write" in body["messages"][-1]["content"]:
+        return "a zebra walks by"
+    return "apple, Tree" if body["seed"] % 2 else "Zebra says hi"
+
+
+def test_sparse_warm_start_trains_only_on_the_types_dpo_gets_no_pair_for(tmp_path, tiny_model_dir):
+    from openai_server import OpenAIServer
+
+    from train.data import training_set
+
+    tmp = _files(tmp_path, "^\\\\s*[a-mA-M]")
+    extra = [{"prompt": f"Write about a {w}.", "base": f"w{i}", "checks": [{"type": "max_words", "n": 50}]}
+             for i, w in enumerate(WORDS)]
+    with open(tmp / "prompts.jsonl", "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in extra))
+    with OpenAIServer(reply=_sparse_reply) as srv:
+        corpus, out = _run(tmp, srv, tiny_model_dir, algo="sft+dpo", rounds=1, warm_start_types="sparse")
+    st = _stages(corpus)
+    tr = st[(0, "train")]
+    b0 = out["budget"][0]["per_type"]
+    assert b0["max_words"]["prompts_with_pair"] == 0 and b0["lowercase"]["prompts_with_pair"] > 0
+    assert tr["warm_start"]["types"] == ["max_words"]
+    rel = st[(0, "review")]["release_id"]
+    every = training_set(corpus, "sft", rel)
+    narrow = training_set(corpus, "sft", rel, check_types=["max_words"])
+    assert 0 < len(narrow.rows) < len(every.rows) == len(every.ids)  # the lowercase prompts' passing replies are left out
+    assert all("Write" in r["prompt"][-1]["content"] for r in narrow.rows)
+    assert tr["warm_start"]["rows"] == len(narrow.rows)
+    warm = corpus.query("SELECT config FROM models WHERE id = ?", [tr["warm_start"]["model_id"]])[0]
+    cfg = json.loads(warm["config"])
+    assert cfg["check_types"] == ["max_words"] and cfg["rows"] == len(narrow.rows)
+    assert cfg["snapshot_hash"] == narrow.snapshot_hash != every.snapshot_hash
 
 
 def test_a_dead_backend_ends_in_one_line_and_the_same_command_resumes(tmp_path, tiny_model_dir, monkeypatch, capsys):

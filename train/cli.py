@@ -98,6 +98,9 @@ def build_parser() -> ArgumentParser:
                         "sft+dpo (= dpo --warm-start sft)")
     p.add_argument("--warm-start", default=None, choices=("sft",),
                    help="before round 0's DPO: SFT on M0's passing replies (rejection sampling)")
+    p.add_argument("--warm-start-types", default=None, metavar="sparse|TYPE,...",
+                   help="the warm start's SFT rows: only replies to prompts of these check types; 'sparse' = the "
+                        "types whose M0 rollouts gave a released pair on under 10%% of their prompts (default: all)")
     p.add_argument("--eval-max-new-tokens", type=int, default=384,
                    help="the eval's reply cap, separate from the rollouts' (default 384)")
     p.add_argument("--eval-every-round", action="store_true", help="evaluate every M_t (default: M0 and the last)")
@@ -326,6 +329,7 @@ def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
         train_rm=args.train_rm, lora=args.lora, max_steps=args.max_steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, beta=args.beta, ld_alpha=args.ld_alpha, max_length=args.max_length, save_steps=args.save_steps,
         seed=args.seed, algo=args.algo, prompts_per_step=args.prompts_per_step, policy=_policy(args), warm_start=args.warm_start,
+        warm_start_types=args.warm_start_types,
         eval_max_new_tokens=args.eval_max_new_tokens, eval_every_round=args.eval_every_round,
         pool_rounds=not args.no_pool_rounds, drop_barren_types=not args.keep_barren_types,
         serve_adapters=args.serve_adapters,

@@ -37,6 +37,9 @@ from .trainers import train_model
 
 ALGOS = ("dpo", "grpo", "sft", "sft+dpo")
 WARM_STARTS = ("sft",)
+# --warm-start-types sparse: the check types whose M_0 rollouts gave a released pair on fewer than
+# this share of their prompts (too few pairs for DPO to learn them from)
+SPARSE_PAIR_SHARE = 0.10
 SAMPLING_STAGES = ("eval_base", "generate", "eval")
 
 # The fault-injection hook of the SIGKILL test: "ROUND:STAGE" kills this process just before the
@@ -85,6 +88,9 @@ class LoopConfig:
     # types whose prompts gave no pair at M_0 are left out of later rollouts (reported in the budget)
     drop_barren_types: bool = True
     warm_start: str | None = None
+    # the warm start's SFT rows: None = every passing reply of M_0; "sparse" = replies to prompts of
+    # the types DPO gets almost no pair for at M_0 (SPARSE_PAIR_SHARE); or a comma list of types
+    warm_start_types: str | None = None
     # vLLM + LoRA: every round trains the one adapter further on M_0 (DPO's reference is still
     # M_t: TRL keeps a frozen copy of the loaded adapter), so one engine started on M_0 serves every
     # round's model as a LoRA adapter, kept through judging and training instead of restarted
@@ -102,6 +108,15 @@ class LoopConfig:
             raise UserError(f"--warm-start {self.warm_start}: choose one of {', '.join(WARM_STARTS)}")
         if self.warm_start and self.algo != "dpo":
             raise UserError(f"--warm-start {self.warm_start}: a warm start comes before DPO; use it with --algo dpo")
+        if self.warm_start_types is not None:
+            from .checks import CHECKS as _CHECKS
+
+            if not self.warm_start:
+                raise UserError(f"--warm-start-types {self.warm_start_types}: narrows a warm start; add --warm-start sft")
+            named = [t for t in self.warm_start_types.split(",") if t.strip()]
+            if self.warm_start_types != "sparse" and (not named or any(t.strip() not in _CHECKS for t in named)):
+                raise UserError(f"--warm-start-types {self.warm_start_types}: give 'sparse' or check types separated by commas, "
+                                f"from {', '.join(_CHECKS)}")
         if self.ld_alpha is not None and (self.algo != "dpo" or not 0 <= self.ld_alpha <= 1):
             raise UserError(f"--ld-alpha {self.ld_alpha}: a weight in [0, 1] for the DPO rounds; use it with --algo dpo "
                             "(or sft+dpo)")
@@ -256,6 +271,8 @@ class ModelLoop:
                  "base": self.m0_id, "workdir": str(self.workdir), "algo": cfg.algo}
         if cfg.warm_start:  # a warm-started loop trains other models: its own id (unset: ids as before)
             ident["warm_start"] = cfg.warm_start
+        if cfg.warm_start_types is not None:
+            ident["warm_start_types"] = cfg.warm_start_types
         if cfg.ld_alpha is not None:  # the same for a length-desensitized DPO
             ident["ld_alpha"] = cfg.ld_alpha
         self.loop_id = "loop-" + content_id("loop", ident)[:12]
@@ -414,6 +431,22 @@ class ModelLoop:
                 if not {c["type"] for c in p.meta.get("checks") or []} & set(barren)]
         return (keep, barren) if keep else (self.train_prompts, [])
 
+    def warm_start_types(self, done: dict) -> list[str] | None:
+        """The check types the warm start's SFT rows answer (None: all). 'sparse': the trained types
+        whose M_0 rollouts gave a released pair on under SPARSE_PAIR_SHARE of their prompts, the
+        ones DPO cannot learn from M_0's samples, without teaching the other types M_0's short
+        passing replies (the warm start's length cost)."""
+        spec = self.cfg.warm_start_types
+        if spec is None:
+            return None
+        if spec != "sparse":
+            return sorted({t.strip() for t in spec.split(",") if t.strip()})
+        from .report import round_budget
+
+        per_type = round_budget(self.corpus, done, 0)["per_type"]
+        return sorted(k for k, v in per_type.items()
+                      if k in self.trained_types and v["prompts"] and v["prompts_with_pair"] / v["prompts"] < SPARSE_PAIR_SHARE)
+
     def _train(self, t: int, mid: str, gen_model: str, rel: str, done: dict) -> dict[str, Any]:
         """Train M_{t+1} on the round's release (pooled over rounds, or M_t's own samples with
         pool_rounds off); with nothing to learn from the round says so and M_{t+1} = M_t."""
@@ -456,15 +489,17 @@ class ModelLoop:
             if cfg.warm_start == "sft" and t == 0:
                 # rejection sampling: SFT on M_0's passing replies first, then DPO from there (its own
                 # reference), so the pairs are judged against a policy that already tries the format
+                types = self.warm_start_types(done)
                 try:
-                    sft_rows = len(training_set(self.corpus, "sft", rel, by).rows)
+                    sft_rows = len(training_set(self.corpus, "sft", rel, by, types).rows)
                 except UserError:
                     sft_rows = 0
                 if sft_rows:
                     start = train_model(self.corpus, "sft", base=mid, out=self.workdir / f"round-{t}" / "warm-sft",
-                                        **{**train_kw, "callbacks": None})
+                                        **{**train_kw, "callbacks": None}, check_types=types)
                     set_training(self.corpus, start, "sft-rs", reward, config_extra={"loop_id": self.loop_id, "warm_start": True})
-                extra["warm_start"] = {"kind": "sft", "rows": sft_rows, "model_id": start if sft_rows else None}
+                extra["warm_start"] = {"kind": "sft", "rows": sft_rows, "model_id": start if sft_rows else None,
+                                       **({"types": types} if types is not None else {})}
             new = train_model(self.corpus, kind, base=start, out=out, beta=cfg.beta if cfg.beta is not None else 0.1,
                               callbacks=cbs, **train_kw, **({"ld_alpha": cfg.ld_alpha} if kind == "dpo" else {}))
         warmed = cfg.algo != "grpo" and (extra.get("warm_start") or {}).get("model_id")

@@ -284,15 +284,17 @@ def train_model(
     generated_by: str | None = None,
     callbacks: list[Any] | None = None,
     continue_adapter: bool = False,
+    check_types: list[str] | None = None,
 ) -> str:
-    """Train `kind` from `base` on a release's rows; returns the registered models.id."""
+    """Train `kind` from `base` on a release's rows; returns the registered models.id.
+    `check_types` (SFT) trains only on replies to prompts carrying one of those checks."""
     if kind not in KINDS:
         raise UserError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
     opts = TrainOptions(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
                         lora=lora, beta=beta, ld_alpha=ld_alpha, save_steps=save_steps, seed=seed, eval_fraction=eval_fraction,
                         continue_adapter=continue_adapter)
     # validate everything before anything is written or trained
-    ts = training_set(corpus, "sft" if kind == "sft" else "pair", release, generated_by)
+    ts = training_set(corpus, "sft" if kind == "sft" else "pair", release, generated_by, check_types)
     heldout: list[dict[str, Any]] = []
     if kind == "rm":  # the reported accuracy is on pairs the model never trained on
         from .rm_heldout import split_heldout
@@ -309,7 +311,8 @@ def train_model(
     model_id = model_id_for(kind, out_dir)
     config = {
         "kind": kind, "base": base_path, "release_id": ts.release_id, "snapshot_hash": ts.snapshot_hash,
-        "rows": len(ts.rows), "generated_by": generated_by, "device": "cuda" if on_gpu() else "cpu", **asdict(opts),
+        "rows": len(ts.rows), "generated_by": generated_by, **({"check_types": check_types} if check_types is not None else {}),
+        "device": "cuda" if on_gpu() else "cpu", **asdict(opts),
     }
     cont = continued_adapter(kind, base_path, opts)
     if cont:
