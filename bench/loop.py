@@ -155,6 +155,14 @@ def loop_options(algo: str, work: Path, s: dict) -> dict:
                 serve_adapters=s["serve_adapters"])
 
 
+def base_key(base: str) -> str:
+    """A base prompt's place without the folder it was read from ('arena_hard_prompts.jsonl:231'): the
+    split must not depend on where the checkout lives. (Runs before 2026-12-05 hashed the whole
+    path, so their split was that of a checkout beside /work/runs/shared.)"""
+    path, _, line = base.rpartition(":")
+    return f"{Path(path).name}:{line}"
+
+
 def split_prompts(work: Path, s: dict) -> dict:
     """Training prompts and an eval set on base prompts never trained on: bases fall into eval or
     train by a hash (a fifth to eval), so no base prompt is in both; the eval holds s["eval_trained"]
@@ -170,7 +178,7 @@ def split_prompts(work: Path, s: dict) -> dict:
     train, ev_trained, ev_held = [], [], []
     for p in pool:
         types = {c["type"] for c in p.meta["checks"]}
-        to_eval = int(content_id("eval-base", p.meta["base"])[:8], 16) % 5 == 0
+        to_eval = int(content_id("eval-base", base_key(p.meta["base"]))[:8], 16) % 5 == 0
         if types & held:
             if to_eval and len(ev_held) < s["eval_heldout"] and types <= held:
                 ev_held.append(p)

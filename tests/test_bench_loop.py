@@ -118,3 +118,27 @@ def test_verdict_reads_the_length_both_ways_and_reports_finished_replies_beside_
     assert "length x0.40 within 1.5x not met (shorter)" in v
     assert "finished replies only: x0.70" in v and "50% -> 5%" in v
     assert "finished" not in verdict([{"words": [100.0] * 3}, {**m2, "finished_words": None}])
+
+
+def test_the_prompt_split_does_not_depend_on_where_the_data_lives(tmp_path, monkeypatch):
+    """The eval/train split is drawn by a hash of each base prompt's file and line, not its path:
+    the same data read from another folder gives the same split (it gave another one before)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_loop", ROOT / "bench" / "loop.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    s = {**mod.COMMON, **mod.PRESETS["cpu"], "prompts": 40, "eval_trained": 20, "eval_heldout": 10}
+    elsewhere = tmp_path / "far" / "away" / "data"
+    elsewhere.mkdir(parents=True)
+    for name in ("arena_hard_prompts.jsonl", "selfinstruct_seed_tasks.jsonl"):
+        (elsewhere / name).write_bytes((mod.DATA / name).read_bytes())
+    splits = []
+    for i, data in enumerate((mod.DATA, elsewhere)):
+        monkeypatch.setattr(mod, "DATA", data)
+        (tmp_path / str(i)).mkdir()
+        mod.split_prompts(tmp_path / str(i), s)
+        splits.append([(tmp_path / str(i) / f).read_text().replace(str(data), "DATA")
+                       for f in ("prompts.jsonl", "eval_prompts.jsonl")])
+    assert splits[0] == splits[1] and splits[0][0].count("\n") == 40
+    assert mod.base_key("/a/b/arena_hard_prompts.jsonl:231") == mod.base_key("../shared/data/arena_hard_prompts.jsonl:231")
