@@ -36,6 +36,7 @@ DATA = ROOT.parent / "shared" / "data"
 COMMON = dict(rubric="prompts/instructions.yaml", rounds=2, algos="dpo,grpo", heldout_types="include_word,ends_with", max_checks=1, temperature=1.0,
               lora=True, beta=None, epochs=1.0, max_steps=-1, batch_size=4, prompts_per_step=2, backend="hf",
               eval_trained=200, eval_heldout=100, eval_max_new_tokens=384, eval_every_round=False, warm_start="", warm_start_types="",
+              warm_start_epochs=None,
               min_margin=0.5, length_balance=False, ld_alpha=None, seed=0, save_steps=2, serve_adapters=False)
 PRESETS = {
     # the plumbing on a 2-layer random model: figures mean nothing, the run must finish
@@ -151,6 +152,7 @@ def loop_options(algo: str, work: Path, s: dict) -> dict:
                 eval_prompts=str(work / "eval_prompts.jsonl"), eval_max_new_tokens=s["eval_max_new_tokens"],
                 eval_every_round=s["eval_every_round"], warm_start=(s["warm_start"] or None) if algo == "dpo" else None,
                 warm_start_types=(s["warm_start_types"] or None) if algo == "dpo" else None,
+                warm_start_epochs=s["warm_start_epochs"] if algo == "dpo" else None,
                 seed=s["seed"], save_steps=s["save_steps"], policy=PolicyBackend(s["backend"]),
                 serve_adapters=s["serve_adapters"])
 
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         v = getattr(a, k, None)
         if v is not None:
             s[k] = (v.lower() in ("1", "true", "yes")) if isinstance(COMMON.get(k), bool) else v
-    for k in ("beta", "ld_alpha"):  # None in the presets, so argparse takes them as text
+    for k in ("beta", "ld_alpha", "warm_start_epochs"):  # None in the presets, so argparse takes them as text
         try:
             s[k] = None if s[k] is None else float(s[k])
         except ValueError:

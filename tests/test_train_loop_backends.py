@@ -142,6 +142,8 @@ def test_unknown_heldout_type_is_refused(tmp_path):
     (["--algo", "sft", "--ld-alpha", "0.5"], "use it with --algo dpo"),
     (["--warm-start-types", "sparse"], "--warm-start-types sparse: narrows a warm start; add --warm-start sft"),
     (["--algo", "sft+dpo", "--warm-start-types", "json"], "--warm-start-types json: give 'sparse' or check types"),
+    (["--algo", "sft+dpo", "--warm-start-epochs", "0"], "--warm-start-epochs 0.0: passes over the warm start's rows"),
+    (["--warm-start-epochs", "3"], "--warm-start-epochs 3.0: passes over the warm start's rows"),
 ])
 def test_refused_loop_leaves_no_corpus_file(tmp_path, args, needle):
     """A refused setting is one line, exit 2, before the corpus file is created (it was left empty)."""
@@ -246,7 +248,8 @@ def test_sparse_warm_start_trains_only_on_the_types_dpo_gets_no_pair_for(tmp_pat
     with open(tmp / "prompts.jsonl", "a") as f:
         f.write("".join(json.dumps(r) + "\n" for r in extra))
     with OpenAIServer(reply=_sparse_reply) as srv:
-        corpus, out = _run(tmp, srv, tiny_model_dir, algo="sft+dpo", rounds=1, warm_start_types="sparse")
+        corpus, out = _run(tmp, srv, tiny_model_dir, algo="sft+dpo", rounds=1, warm_start_types="sparse",
+                           warm_start_epochs=1.0)
     st = _stages(corpus)
     tr = st[(0, "train")]
     b0 = out["budget"][0]["per_type"]
@@ -262,6 +265,10 @@ def test_sparse_warm_start_trains_only_on_the_types_dpo_gets_no_pair_for(tmp_pat
     cfg = json.loads(warm["config"])
     assert cfg["check_types"] == ["max_words"] and cfg["rows"] == len(narrow.rows)
     assert cfg["snapshot_hash"] == narrow.snapshot_hash != every.snapshot_hash
+    # --warm-start-epochs: one pass over the narrow rows, not the DPO's --max-steps (1 here)
+    assert (cfg["epochs"], cfg["max_steps"]) == (1.0, -1)
+    dpo = json.loads(corpus.query("SELECT config FROM models WHERE id = ?", [tr["model_id"]])[0]["config"])
+    assert dpo["max_steps"] == 1
 
 
 def test_a_dead_backend_ends_in_one_line_and_the_same_command_resumes(tmp_path, tiny_model_dir, monkeypatch, capsys):

@@ -101,6 +101,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--warm-start-types", default=None, metavar="sparse|TYPE,...",
                    help="the warm start's SFT rows: only replies to prompts of these check types; 'sparse' = the "
                         "types whose M0 rollouts gave a released pair on under 10%% of their prompts (default: all)")
+    p.add_argument("--warm-start-epochs", type=float, default=None,
+                   help="passes over the warm start's rows (default: the training's --max-steps / --epochs)")
     p.add_argument("--eval-max-new-tokens", type=int, default=384,
                    help="the eval's reply cap, separate from the rollouts' (default 384)")
     p.add_argument("--eval-every-round", action="store_true", help="evaluate every M_t (default: M0 and the last)")
@@ -329,7 +331,7 @@ def _loop(args, argv: list[str]) -> int:  # noqa: ANN001
         train_rm=args.train_rm, lora=args.lora, max_steps=args.max_steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, beta=args.beta, ld_alpha=args.ld_alpha, max_length=args.max_length, save_steps=args.save_steps,
         seed=args.seed, algo=args.algo, prompts_per_step=args.prompts_per_step, policy=_policy(args), warm_start=args.warm_start,
-        warm_start_types=args.warm_start_types,
+        warm_start_types=args.warm_start_types, warm_start_epochs=args.warm_start_epochs,
         eval_max_new_tokens=args.eval_max_new_tokens, eval_every_round=args.eval_every_round,
         pool_rounds=not args.no_pool_rounds, drop_barren_types=not args.keep_barren_types,
         serve_adapters=args.serve_adapters,

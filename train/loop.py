@@ -91,6 +91,9 @@ class LoopConfig:
     # the warm start's SFT rows: None = every passing reply of M_0; "sparse" = replies to prompts of
     # the types DPO gets almost no pair for at M_0 (SPARSE_PAIR_SHARE); or a comma list of types
     warm_start_types: str | None = None
+    # the warm start's length in passes over its rows (None: the training's --max-steps/--epochs):
+    # a narrow warm start holds few rows, and 40 steps over 6 rows is 27 passes
+    warm_start_epochs: float | None = None
     # vLLM + LoRA: every round trains the one adapter further on M_0 (DPO's reference is still
     # M_t: TRL keeps a frozen copy of the loaded adapter), so one engine started on M_0 serves every
     # round's model as a LoRA adapter, kept through judging and training instead of restarted
@@ -117,6 +120,9 @@ class LoopConfig:
             if self.warm_start_types != "sparse" and (not named or any(t.strip() not in _CHECKS for t in named)):
                 raise UserError(f"--warm-start-types {self.warm_start_types}: give 'sparse' or check types separated by commas, "
                                 f"from {', '.join(_CHECKS)}")
+        if self.warm_start_epochs is not None and (not self.warm_start or not self.warm_start_epochs > 0):
+            raise UserError(f"--warm-start-epochs {self.warm_start_epochs}: passes over the warm start's rows, a number above 0 "
+                            "with --warm-start sft")
         if self.ld_alpha is not None and (self.algo != "dpo" or not 0 <= self.ld_alpha <= 1):
             raise UserError(f"--ld-alpha {self.ld_alpha}: a weight in [0, 1] for the DPO rounds; use it with --algo dpo "
                             "(or sft+dpo)")
@@ -273,6 +279,8 @@ class ModelLoop:
             ident["warm_start"] = cfg.warm_start
         if cfg.warm_start_types is not None:
             ident["warm_start_types"] = cfg.warm_start_types
+        if cfg.warm_start_epochs is not None:
+            ident["warm_start_epochs"] = cfg.warm_start_epochs
         if cfg.ld_alpha is not None:  # the same for a length-desensitized DPO
             ident["ld_alpha"] = cfg.ld_alpha
         self.loop_id = "loop-" + content_id("loop", ident)[:12]
@@ -495,8 +503,9 @@ class ModelLoop:
                 except UserError:
                     sft_rows = 0
                 if sft_rows:
+                    dose = {"max_steps": -1, "epochs": cfg.warm_start_epochs} if cfg.warm_start_epochs is not None else {}
                     start = train_model(self.corpus, "sft", base=mid, out=self.workdir / f"round-{t}" / "warm-sft",
-                                        **{**train_kw, "callbacks": None}, check_types=types)
+                                        **{**train_kw, "callbacks": None, **dose}, check_types=types)
                     set_training(self.corpus, start, "sft-rs", reward, config_extra={"loop_id": self.loop_id, "warm_start": True})
                 extra["warm_start"] = {"kind": "sft", "rows": sft_rows, "model_id": start if sft_rows else None,
                                        **({"types": types} if types is not None else {})}
