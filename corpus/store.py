@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -74,8 +75,12 @@ class Corpus(BatchLedger):
         self.path = str(path)
         self.lock_timeout = _lock_timeout() if lock_timeout is None else lock_timeout
         self.read_only = read_only and self.path != ":memory:"
+        # the connection held open for one thread's nested work: only that thread shares it (a
+        # DuckDB connection is not for two threads at once, and the thread that opened it closes it)
         self._held: duckdb.DuckDBPyConnection | None = None
         self._depth = 0
+        self._owner: int | None = None
+        self._guard = threading.Lock()
         if self.path == ":memory:":
             self._held = _quiet(duckdb.connect(":memory:"))
             self._depth = 1
@@ -102,22 +107,43 @@ class Corpus(BatchLedger):
 
     # -- connections -------------------------------------------------------------------------
 
+    def _mine(self) -> duckdb.DuckDBPyConnection | None:
+        """The held connection if this thread may use it: the thread that opened it (any thread
+        for an in-memory corpus, whose one connection is the database)."""
+        held = self._held
+        if held is not None and (self.path == ":memory:" or self._owner == threading.get_ident()):
+            return held
+        return None
+
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection for one short piece of work; nested calls share it."""
-        if self._held is not None:
-            self._depth += 1
+        """A connection for one short piece of work; nested calls in the same thread share it.
+
+        Another thread gets a connection of its own while one is held: sharing it let a thread
+        close the connection under another's transaction (the call cache's idle timer closed the
+        held session while a batch poll wrote through it: "Connection already closed")."""
+        with self._guard:
+            con = self._mine()
+            if con is not None:
+                self._depth += 1
+        if con is not None:
             try:
-                yield self._held
+                yield con
             finally:
-                self._depth -= 1
+                with self._guard:
+                    self._depth -= 1
             return
         con = self._open()
-        self._held, self._depth = con, 1
+        with self._guard:
+            register = self._held is None
+            if register:
+                self._held, self._depth, self._owner = con, 1, threading.get_ident()
         try:
             yield con
         finally:
-            self._held, self._depth = None, 0
+            with self._guard:
+                if register and self._held is con:
+                    self._held, self._depth, self._owner = None, 0, None
             con.close()
 
     def _open(self, read_only: bool | None = None, sealed: bool = False) -> duckdb.DuckDBPyConnection:
@@ -203,8 +229,9 @@ class Corpus(BatchLedger):
         single SELECT there (see corpus.sqlcheck).
         """
         if self.path != ":memory:" and (self._held is None or self.read_only):
-            if self._held is not None:
-                yield self._held
+            held = self._held if self.read_only else None  # read-only: every connection is one that cannot write
+            if held is not None:
+                yield held
                 return
             con = self._open(read_only=True, sealed=True)
             try:
@@ -229,11 +256,14 @@ class Corpus(BatchLedger):
                 yield self
             return
         con = self._open(read_only=True)
-        self._held, self._depth = con, 1
+        with self._guard:
+            self._held, self._depth, self._owner = con, 1, threading.get_ident()
         try:
             yield self
         finally:
-            self._held, self._depth = None, 0
+            with self._guard:
+                if self._held is con:
+                    self._held, self._depth, self._owner = None, 0, None
             con.close()
 
     @contextlib.contextmanager

@@ -67,6 +67,41 @@ def test_transaction_failure_leaves_corpus_unchanged(corpus):
     assert corpus.query("SELECT count(*) AS n FROM prompts")[0]["n"] == 1
 
 
+def test_a_session_closed_by_one_thread_does_not_break_anothers_transaction(corpus):
+    """The call cache holds a session open in one thread and an idle timer closes it from another;
+    a batch poll in a third thread wrote through that same connection and lost it mid-transaction
+    ("Connection already closed"). Each thread now gets its own connection while one is held."""
+    import threading
+
+    held, in_tx, closed = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def holder():
+        with corpus.session():
+            held.set()
+            in_tx.wait(30)
+        closed.set()  # the session's connection is closed here, in this thread
+
+    def writer():
+        try:
+            held.wait(30)
+            with corpus.transaction() as con:
+                con.execute("INSERT INTO prompts (id, messages, text) VALUES ('a', '[]', 'a')")
+                in_tx.set()
+                closed.wait(30)
+                con.execute("INSERT INTO prompts (id, messages, text) VALUES ('b', '[]', 'b')")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert [r["id"] for r in corpus.query("SELECT id FROM prompts ORDER BY id")] == ["a", "b"]
+
+
 def test_run_records_status_and_scrubs_secrets(corpus):
     with corpus.run("generate", {"n": 2}, argv=["--api-key", "sk-secret", "--token=abc", "--n", "2"]) as run:
         run.summary["candidates"] = 2
