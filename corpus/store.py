@@ -229,7 +229,9 @@ class Corpus(BatchLedger):
         single SELECT there (see corpus.sqlcheck).
         """
         if self.path != ":memory:" and (self._held is None or self.read_only):
-            held = self._held if self.read_only else None  # read-only: every connection is one that cannot write
+            # a read-only corpus shares what is held, whichever thread opened it: it cannot write, and
+            # DuckDB refuses a second connection to the file with another configuration (sealed)
+            held = self._held if self.read_only else None
             if held is not None:
                 yield held
                 return
