@@ -167,13 +167,22 @@ def _stages(corpus) -> dict:
     return {(r["round"], r["stage"]): json.loads(r["result"]) for r in corpus.query("SELECT * FROM loop_stages")}
 
 
-def _barren_reply(body):
-    """Sampled replies to 'Say' prompts differ (a pair); to 'Write' prompts they are all alike (no pair)."""
-    if body.get("seed") is None:
-        return "a calm lowercase answer that goes on"
-    if "Write" in body["messages"][-1]["content"]:
-        return "Zebra zebra"
-    return "apple, Tree" if body["seed"] % 2 else "Zebra says hi"
+def _replies_with_write(greedy: str, write: str):
+    """Sampled replies to 'Say' prompts differ (a pair); to 'Write' prompts they are all `write`
+    (no pair); greedy (eval) replies are `greedy`."""
+    def reply(body):
+        if body.get("seed") is None:
+            return greedy
+        if "Write" in body["messages"][-1]["content"]:
+            return write
+        return "apple, Tree" if body["seed"] % 2 else "Zebra says hi"
+    return reply
+
+
+# 'Write' prompts: every sample the same failing reply, so no pair and no SFT row (a barren type)
+_barren_reply = _replies_with_write("a calm lowercase answer that goes on", "Zebra zebra")
+# 'Write' prompts: every sample the same passing reply, so SFT rows and no pair (a sparse type)
+_sparse_reply = _replies_with_write("a calm lowercase answer", "a zebra walks by")
 
 
 def test_eval_cap_budget_pooling_and_barren_types(tmp_path, tiny_model_dir):
@@ -225,16 +234,6 @@ def test_sft_warm_start_comes_before_round_zeros_dpo(tmp_path, tiny_model_dir):
     assert warm["kind"] == "sft" and warm["algorithm"] == "sft-rs" and tr["warm_start"]["rows"] > 0
     assert dpo["parent_id"] == warm["id"] and dpo["algorithm"] == "sft+dpo"
     assert warm["parent_id"] == tr["parent_id"]  # M0 -> SFT on M0's passing replies -> DPO
-
-
-def _sparse_reply(body):
-    """'Say' prompts (lowercase): sampled replies differ, a pair on each. 'Write' prompts (max_words):
-    every sample is the same passing reply, so SFT rows and no pair: the sparse type."""
-    if body.get("seed") is None:
-        return "a calm lowercase answer"
-    if "Write" in body["messages"][-1]["content"]:
-        return "a zebra walks by"
-    return "apple, Tree" if body["seed"] % 2 else "Zebra says hi"
 
 
 def test_sparse_warm_start_trains_only_on_the_types_dpo_gets_no_pair_for(tmp_path, tiny_model_dir):
