@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             s[k] = None if s[k] is None else float(s[k])
         except ValueError:
-            ap.error(f"--{k.replace('_', '-')} {s[k]}: give a number, e.g. 0.1")
+            ap.error(f"--{k.replace('_', '-')} {s[k]}: give a number, e.g. {3 if k == 'warm_start_epochs' else 0.1}")
     for k in ("prompts", "n", "eval_trained", "eval_heldout", "max_new_tokens", "eval_max_new_tokens", "rounds"):
         if s[k] < 1:
             ap.error(f"--{k.replace('_', '-')} {s[k]}: give a positive number")
