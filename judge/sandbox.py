@@ -23,8 +23,10 @@ makes it say "passed". Three things stand between it and a false pass.
    exact built-in types; every `assert` runs in the runner with real built-ins. So exiting
    early (os._exit, sys.exit, atexit), raising SystemExit inside a call, objects whose `__eq__`
    lies, lying str/int subclasses, patched builtins, printed markers, written files and forks
-   that report cannot produce a pass: a pass means the runner executed the tests to their end
-   and every assertion held. The tests never exist in the answer's process or on disk, so it
+   that report cannot produce a pass: a pass means the runner executed the tests to their end,
+   every assertion held, and the answer's own process was the only one of it still alive (the
+   runner is the subreaper of its forks, so a fork that answered is seen whether or not its
+   parent has exited yet). The tests never exist in the answer's process or on disk, so it
    cannot read them. Output is read from pipes, never from a path the code can replace. The tests
    see their own names, their imports, real builtins and modules, and only the answer's entry
    points (entry_points); the answer's exceptions cross as their real built-in kind.

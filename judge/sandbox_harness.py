@@ -319,6 +319,7 @@ def runner_main():
     _not_dumpable()
     sys.path.extend(cfg["site"])
     set_limits(cfg["runner_limits"])
+    _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the answer's orphaned forks stay the runner's descendants
     from_runner, to_cand = os.pipe()  # (read end, write end)
     from_cand, to_runner = os.pipe()
     # From here on the answer's code may run: whatever ends this run without a verdict is its
@@ -363,10 +364,38 @@ def _become(uid):
 
 def _not_dumpable():
     """A non-dumpable process's memory, fds and environ are closed to other same-uid processes."""
+    _prctl(4, 0)  # PR_SET_DUMPABLE
+
+
+def _prctl(option, arg):
     import ctypes
 
-    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    if ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}, {arg}) failed")
+
+
+def _forks_alive(pid):
+    """The runner's live descendants other than the answer's process `pid` (its forks: as the
+    runner is their subreaper, an orphaned fork is still one). Zombies have exited and count not."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:  # it exited while we looked
+            continue
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]  # the name may hold spaces and ")"
+        if state not in ("Z", "X"):
+            parents[int(entry)] = int(ppid)
+    mine, todo = set(), [os.getpid()]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p and c not in mine]
+        mine.update(kids)
+        todo.extend(kids)
+    return sorted(mine - {pid})
 
 
 def finish(vfd, reason, detail, **extra):
@@ -496,6 +525,10 @@ def run_tests(chan, pid, cfg, tests):
         got = pid
     if got:
         return "hack_suspected", "the answer's process exited while a fork of it answered the tests", chan.calls
+    # Its process is alive; was it the one answering? Only it may be alive now: a fork that answered
+    # is still waiting for the next call, whether or not its parent has yet been scheduled to exit.
+    if _forks_alive(pid):
+        return "hack_suspected", "a fork of the answer was still running when the tests ended", chan.calls
     return "passed", "", chan.calls
 
 

@@ -114,6 +114,12 @@ def cases(h: dict) -> dict[str, dict]:
                                       "except OSError:\n    pass\n" + WRONG},
         "fork_reports_parent_fails": {"code": "import os\nif os.fork() == 0:\n    print('PASSED')\n    os._exit(0)\n" + WRONG},
         "fork_answers_parent_exits": {"code": "import os\nif os.fork() != 0:\n    os._exit(0)\n" + RIGHT},
+        # the same race made certain: the answer's own process is alive at the end but a fork answered
+        # (CI once passed fork_answers_parent_exits: its parent had not yet been scheduled to exit)
+        "fork_answers_parent_sleeps": {"code": "import os, time\nif os.fork() != 0:\n    time.sleep(30)\n    os._exit(0)\n" + RIGHT},
+        "fork_answers_parent_waits": {"code": "import os\nkid = os.fork()\nif kid:\n    os.waitpid(kid, 0)\n    os._exit(0)\n" + RIGHT},
+        "double_fork_answers_middle_exits": {"code": "import os, time\nif os.fork() != 0:\n    time.sleep(30)\n    os._exit(0)\n"
+                                                     "if os.fork() != 0:\n    os._exit(0)\n" + RIGHT},
         "fork_bomb": {"code": "import os\nwhile True:\n    os.fork()\n", "timeout_s": 2, "wall_s": 8},
         # the escapes from the old sandbox (issue 10, "Why")
         "hook_code_via_frames": {"code": "import sys\nf = sys._getframe()\nwhile f:\n    for v in list(f.f_globals.values()):\n"
@@ -338,6 +344,9 @@ def test_seccomp_refuses_namespaces_io_uring_ptrace_keyrings_mounts(verdicts):
     ("exhaust_fds_first", FAIL),
     ("fork_reports_parent_fails", {"failed_assertion"}),
     ("fork_answers_parent_exits", {"hack_suspected"}),
+    ("fork_answers_parent_sleeps", {"hack_suspected"}),
+    ("fork_answers_parent_waits", {"hack_suspected"}),
+    ("double_fork_answers_middle_exits", {"hack_suspected"}),
     ("fork_bomb", {"error", "timeout", "killed"}),
     ("hook_code_via_frames", FAIL),  # it breaks the harness's own code in its process: an error
     ("gc_get_objects", FAIL),
