@@ -304,11 +304,33 @@ def test_a_dead_backend_ends_in_one_line_and_the_same_command_resumes(tmp_path, 
         assert len(err) == 1 and "round 0 generate: --backend openai failed" in err[0] and "rerun the same command" in err[0]
         assert "Traceback" not in err[0]
         monkeypatch.setattr(PolicyBackend, "open", real_open)
+        # resumed from copies of the prompts and rubric elsewhere (another checkout): the same loop
+        moved = tmp / "elsewhere"
+        moved.mkdir()
+        for name in ("prompts.jsonl", "rubric.yaml"):
+            (moved / name).write_bytes((tmp / name).read_bytes())
+        argv = [str(moved / Path(a).name) if a in (str(tmp / "prompts.jsonl"), str(tmp / "rubric.yaml")) else a
+                for a in argv]
         assert run_cli("train", main, argv) == 0
     from corpus import Corpus
 
-    st = _stages(Corpus(tmp / "c.duckdb", create=False, read_only=True))
+    c = Corpus(tmp / "c.duckdb", create=False, read_only=True)
+    assert c.query("SELECT count(*) AS n FROM loops")[0]["n"] == 1
+    st = _stages(c)
     assert st[(0, "train")]["trained"] and st[(0, "eval_base")]["trained_n"] >= 1
+
+
+def test_an_edited_rubric_is_another_loop(tmp_path, tiny_model_dir):
+    from corpus import Corpus
+    from train.loop import LoopConfig, ModelLoop
+
+    tmp = _files(tmp_path, "^\\\\s*[a-mA-M]")
+    corpus = Corpus(tmp / "c.duckdb")
+    cfg = LoopConfig(prompts=str(tmp / "prompts.jsonl"), rubric=str(tmp / "rubric.yaml"), base=str(tiny_model_dir))
+    first = ModelLoop(corpus, cfg, progress=False).loop_id
+    assert ModelLoop(corpus, cfg, progress=False).loop_id == first
+    (tmp / "rubric.yaml").write_text(RUBRIC.replace("PATTERN", "^[n-z]"))
+    assert ModelLoop(corpus, cfg, progress=False).loop_id != first
 
 
 

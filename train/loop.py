@@ -14,6 +14,7 @@ the first unfinished stage of the unfinished round and redoes nothing that finis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -41,6 +42,11 @@ SAMPLING_STAGES = ("eval_base", "generate", "eval")
 # The fault-injection hook of the SIGKILL test: "ROUND:STAGE" kills this process just before the
 # stage starts, "ROUND:train:STEP" right after training step STEP is checkpointed.
 KILL_ENV = "RLAIF_LOOP_KILL_AT"
+
+
+def _file_id(path: str) -> str:
+    """A file's content id (LoopConfig.check has made sure it exists)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _kill_point() -> tuple[int, str, int | None] | None:
@@ -170,7 +176,9 @@ class ModelLoop:
         self.corpus, self.cfg, self.judge, self.progress, self.say = corpus, cfg, judge, progress, say
         self.m0_id, self.m0_path = resolve_base(corpus, cfg.base)
         self.workdir = Path(cfg.workdir or Path(corpus.path).with_suffix("").as_posix() + "-loop").resolve()
-        ident = {"prompts": str(Path(cfg.prompts).resolve()), "rubric": str(Path(cfg.rubric).resolve()),
+        # the prompts and rubric by content, not path: the same command from another checkout resumes,
+        # and an edited rubric starts a new loop instead of mixing its judgments with the old one's
+        ident = {"prompts": _file_id(cfg.prompts), "rubric": _file_id(cfg.rubric),
                  "base": self.m0_id, "workdir": str(self.workdir), "algo": cfg.algo}
         if cfg.warm_start:  # a warm-started loop trains other models: its own id (unset: ids as before)
             ident["warm_start"] = cfg.warm_start
