@@ -191,6 +191,9 @@ def cases(h: dict) -> dict[str, dict]:
         "control_threads_and_subprocess": {"code": "import threading, subprocess\nout = []\n"
                                                    "t = threading.Thread(target=lambda: out.append(subprocess.run(['/bin/echo', 'ok'],"
                                                    " capture_output=True).stdout))\nt.start()\nt.join()\nassert out == [b'ok\\n']\n" + RIGHT},
+        # a child that has exited but was never reaped (a zombie) cannot answer: not a fork still running
+        "control_unreaped_child": {"code": "import os\nkid = os.fork()\nif kid == 0:\n    os._exit(0)\n"
+                                           "os.waitid(os.P_PID, kid, os.WEXITED | os.WNOWAIT)\n" + RIGHT},
         # issue 20: names the tests use come from the tests, not the answer
         "fake_math_module": {"code": "class math:\n    isclose = staticmethod(lambda *a, **k: True)\ndef area(r):\n    return 0\n",
                              "tests": "assert math.isclose(area(2), 12.566, rel_tol=0.001)\n", "entry_point": None},
@@ -301,6 +304,7 @@ def test_controls(verdicts):
     assert v["right_beside_the_hostile"].passed
     assert v["builtin_named_entry_point_right"].passed
     assert v["control_threads_and_subprocess"].passed, v["control_threads_and_subprocess"].stderr  # seccomp keeps these
+    assert v["control_unreaped_child"].passed, v["control_unreaped_child"].detail
 
 
 @pytest.mark.skipif(seccomp_bpf() is None, reason="pyseccomp/libseccomp not loadable: no seccomp layer here")
