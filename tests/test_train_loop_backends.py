@@ -329,6 +329,9 @@ def test_an_edited_rubric_is_another_loop(tmp_path, tiny_model_dir):
     cfg = LoopConfig(prompts=str(tmp / "prompts.jsonl"), rubric=str(tmp / "rubric.yaml"), base=str(tiny_model_dir))
     first = ModelLoop(corpus, cfg, progress=False).loop_id
     assert ModelLoop(corpus, cfg, progress=False).loop_id == first
+    [row] = corpus.query("SELECT config FROM loops")
+    config = json.loads(row["config"])  # the paths as given, for SQL readers, and the content that names it
+    assert config["rubric"] == cfg.rubric and len(config["rubric_sha256"]) == 64
     (tmp / "rubric.yaml").write_text(RUBRIC.replace("PATTERN", "^[n-z]"))
     assert ModelLoop(corpus, cfg, progress=False).loop_id != first
 

@@ -45,7 +45,7 @@ KILL_ENV = "RLAIF_LOOP_KILL_AT"
 
 
 def _file_id(path: str) -> str:
-    """A file's content id (LoopConfig.check has made sure it exists)."""
+    """A file's SHA-256 (LoopConfig.check has made sure it exists); the loop's config keeps the paths too."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -178,7 +178,7 @@ class ModelLoop:
         self.workdir = Path(cfg.workdir or Path(corpus.path).with_suffix("").as_posix() + "-loop").resolve()
         # the prompts and rubric by content, not path: the same command from another checkout resumes,
         # and an edited rubric starts a new loop instead of mixing its judgments with the old one's
-        ident = {"prompts": _file_id(cfg.prompts), "rubric": _file_id(cfg.rubric),
+        ident = {"prompts_sha256": _file_id(cfg.prompts), "rubric_sha256": _file_id(cfg.rubric),
                  "base": self.m0_id, "workdir": str(self.workdir), "algo": cfg.algo}
         if cfg.warm_start:  # a warm-started loop trains other models: its own id (unset: ids as before)
             ident["warm_start"] = cfg.warm_start
