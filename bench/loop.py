@@ -300,11 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-loop-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     s["base"] = (str(work / "tiny") if s["model"] == "tiny" else None) if s["model"] in ("tiny", "embedded") else s["model"]
-    split = split_prompts(work, s)
+    from corpus import UserError
+
+    if not DATA.is_dir():
+        ap.error(f"{DATA}: no such folder; the bench draws its prompts from ../shared/data beside the checkout")
+    try:
+        split = split_prompts(work, s)
+    except UserError as e:
+        ap.error(str(e))
     print(f"preset {a.preset}: {json.dumps(split)}; settings {json.dumps(s)}")
     if a.plan:
-        from corpus import UserError
-
         try:
             sizes = plan(s, work)
         except UserError as e:

@@ -142,3 +142,29 @@ def test_the_prompt_split_does_not_depend_on_where_the_data_lives(tmp_path, monk
                        for f in ("prompts.jsonl", "eval_prompts.jsonl")])
     assert splits[0] == splits[1] and splits[0][0].count("\n") == 40
     assert mod.base_key("/a/b/arena_hard_prompts.jsonl:231") == mod.base_key("../shared/data/arena_hard_prompts.jsonl:231")
+
+
+def test_a_checkout_without_the_shared_data_is_one_line_exit_2(tmp_path):
+    """The bench reads its base prompts from ../shared/data beside the checkout: a copy of it in a
+    folder with no such data, or with one of the two files missing, ends with one line naming the
+    path, exit 2 (it ended with a traceback from the prompt synthesizer)."""
+    import os
+    import shutil
+
+    checkout = tmp_path / "checkout"
+    (checkout / "bench").mkdir(parents=True)
+    shutil.copy(ROOT / "bench" / "loop.py", checkout / "bench" / "loop.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(checkout / "bench" / "loop.py"), "--preset", "cpu", "--plan",
+                               "--workdir", str(tmp_path / "w")], capture_output=True, text=True, env=env, timeout=600)
+
+    r = run()
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{tmp_path / 'shared' / 'data'}: no such folder" in r.stderr.strip().splitlines()[-1]
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    shutil.copy(ROOT.parent / "shared" / "data" / "arena_hard_prompts.jsonl", tmp_path / "shared" / "data")
+    r = run()
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "selfinstruct_seed_tasks.jsonl: no such file" in r.stderr.strip().splitlines()[-1]
