@@ -10,7 +10,8 @@ mean length, wall time and generated tokens. Asserts nothing; it prints the issu
 their interval, length within 1.5x) as met or not.
 
     python bench/loop.py --preset smoke   # a tiny random model: the plumbing, a few minutes
-    python bench/loop.py --preset cpu     # SmolLM2-135M-Instruct, SFT warm start + 2 rounds of DPO, 200 + 100 eval prompts
+    python bench/loop.py --preset cpu     # SmolLM2-135M-Instruct, 8 replies per prompt, a narrow SFT warm start + 2 rounds of DPO, 200 + 100 eval prompts
+    python bench/loop.py --preset cpu --n 4 --warm-start-types "" --warm-start-epochs none --length-balance false  # the preset before 2026-12-05
     python bench/loop.py --preset cpu --algos grpo --rounds 1 --from-corpus R1/dpo.duckdb  # GRPO on the same round 0
     # (R1: the work folder of a --algos dpo --rounds 1 run)
     python bench/loop.py --preset gpu     # 1000 prompts x 8 samples, 3 rounds, vLLM (--plan: check it, run nothing)
@@ -45,10 +46,15 @@ PRESETS = {
                   eval_trained=6, eval_heldout=4, rubric="smoke", min_margin=0.1),
     # SmolLM2-135M-Instruct on the CPU, one check per prompt. The eval: 200 unseen trained-type + 100
     # held-out-type prompts (a +10-point gain clears 0 in ~91% of paired bootstraps at 200), greedy,
-    # 384 tokens; rollouts 192 tokens so min_words 120 can pass; an SFT warm start on M0's passing
-    # replies, then DPO on pairs pooled across rounds. vLLM samples where it is installed (3x hf here).
-    "cpu": dict(model="embedded", prompts=160, n=4, max_new_tokens=192, lr=1e-4, epochs=2.0, max_steps=40,
-                algos="dpo", warm_start="sft", backend="vllm-if-installed"),
+    # 384 tokens; rollouts 192 tokens so min_words 120 can pass; 8 replies per prompt (twice the pairs'
+    # prompts of 4, without which the length went); an SFT warm start of 3 passes over M0's passing
+    # replies to the types that give almost no pair (sparse), then DPO on length-balanced pairs pooled
+    # across rounds: the point of docs/benchmarks.md's trade-off table that met all three targets
+    # (until 2026-12-05: n 4, a full warm start of 40 steps, pairs by id: +15.5 at x0.38 of the length).
+    # vLLM samples where it is installed (3x hf here).
+    "cpu": dict(model="embedded", prompts=160, n=8, max_new_tokens=192, lr=1e-4, epochs=2.0, max_steps=40,
+                algos="dpo", warm_start="sft", warm_start_types="sparse", warm_start_epochs=3.0, length_balance=True,
+                backend="vllm-if-installed"),
     # the same code larger, sized for one call on a GPU machine (<= 8 min of GPU time, estimated from
     # vLLM's throughput on a 135M model: see docs/benchmarks.md): more prompts, n 8, 3 rounds
     # one vLLM engine for the whole run (--serve-adapters): each round's model a LoRA adapter on M0,
@@ -277,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                          "finished round 0 up to review): round 0's replies and verdicts are reused, not generated again")
     ap.add_argument("--plan", action="store_true", help="check the settings and write the prompt split, then stop "
                     "(no model is loaded): what a GPU call would run")
+    optional = ("beta", "ld_alpha", "warm_start_epochs")  # numbers or "none" (the trainer's default)
     for k, v in {**COMMON, **PRESETS["cpu"]}.items():
-        kind = type(v) if v is not None and not isinstance(v, bool) else str
+        kind = type(v) if v is not None and not isinstance(v, bool) and k not in optional else str
         ap.add_argument("--" + k.replace("_", "-"), type=kind, default=None)
     a = ap.parse_args(argv)
     s = {**COMMON, **PRESETS[a.preset], "from_corpus": a.from_corpus}
@@ -288,11 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         v = getattr(a, k, None)
         if v is not None:
             s[k] = (v.lower() in ("1", "true", "yes")) if isinstance(COMMON.get(k), bool) else v
-    for k in ("beta", "ld_alpha", "warm_start_epochs"):  # None in the presets, so argparse takes them as text
+    for k in optional:  # argparse takes them as text: a number, or none
         try:
-            s[k] = None if s[k] is None else float(s[k])
+            s[k] = None if s[k] is None or str(s[k]).lower() == "none" else float(s[k])
         except ValueError:
-            ap.error(f"--{k.replace('_', '-')} {s[k]}: give a number, e.g. {3 if k == 'warm_start_epochs' else 0.1}")
+            ap.error(f"--{k.replace('_', '-')} {s[k]}: give a number, e.g. {3 if k == 'warm_start_epochs' else 0.1}, or none")
     for k in ("prompts", "n", "eval_trained", "eval_heldout", "max_new_tokens", "eval_max_new_tokens", "rounds"):
         if s[k] < 1:
             ap.error(f"--{k.replace('_', '-')} {s[k]}: give a positive number")

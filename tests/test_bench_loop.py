@@ -168,3 +168,24 @@ def test_a_checkout_without_the_shared_data_is_one_line_exit_2(tmp_path):
     r = run()
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "selfinstruct_seed_tasks.jsonl: no such file" in r.stderr.strip().splitlines()[-1]
+
+
+def _settings(r: subprocess.CompletedProcess) -> dict:
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.split("; settings ", 1)[1].split("\n", 1)[0])
+
+
+def test_cpu_preset_is_the_measured_point_and_the_old_one_is_a_few_flags_away(tmp_path):
+    """The cpu preset is the trade-off table's point that met the three targets (8 replies per
+    prompt, a 3-pass warm start on the sparse types, length-balanced pairs); the preset before it is
+    still reachable with flags, `none` giving back the trainer's default warm-start length."""
+    now = _settings(_bench("--preset", "cpu", "--plan", "--workdir", str(tmp_path / "now")))
+    assert (now["n"], now["warm_start_types"], now["warm_start_epochs"], now["length_balance"], now["rounds"]) == \
+        (8, "sparse", 3.0, True, 2)
+    assert "length_balance: true" in (tmp_path / "now" / "filters.yaml").read_text()
+    old = _settings(_bench("--preset", "cpu", "--plan", "--workdir", str(tmp_path / "old"), "--n", "4",
+                           "--warm-start-types", "", "--warm-start-epochs", "none", "--length-balance", "false"))
+    assert (old["n"], old["warm_start_types"], old["warm_start_epochs"], old["length_balance"]) == (4, "", None, False)
+    assert "length_balance: false" in (tmp_path / "old" / "filters.yaml").read_text()
+    r = _bench("--preset", "cpu", "--plan", "--workdir", str(tmp_path / "bad"), "--warm-start-epochs", "many")
+    assert r.returncode == 2 and "--warm-start-epochs many: give a number, e.g. 3, or none" in r.stderr.strip().splitlines()[-1]
