@@ -11,6 +11,10 @@ shape the defaults here (see the README):
   memory, and vLLM refuses to start when that much is not free at that moment; a fixed
   `kv_cache_memory_bytes` (default 1 GiB, ~20k tokens of the 135M model) starts reliably on a
   shared machine.
+- vLLM kills its engine when one model step takes over VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (300 s by
+  default); on a 2-core CPU shared at load 13 a step of the test suite's engine once did, and every
+  later request failed with EngineDeadError. On the CPU we set it to 3600 unless the user set it: a
+  slow step is not a dead engine there.
 - vLLM runs its engine in a child process started with `spawn`: a script that builds this
   backend at import time needs an `if __name__ == "__main__":` guard.
 """
@@ -42,6 +46,7 @@ def import_vllm() -> Any:
     """Import vLLM, or say how to install it. Sets the CPU environment before the import."""
     if not _cuda_available():
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
     try:
         import vllm
     except ImportError as e:

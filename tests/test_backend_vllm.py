@@ -45,6 +45,29 @@ def test_missing_vllm_says_how_to_install(monkeypatch):
         load_backend("vllm", None)
 
 
+@needs_vllm
+def test_cpu_engine_waits_out_a_slow_step_unless_the_user_says_otherwise(monkeypatch):
+    """On the CPU a model step of the suite's engine once took over vLLM's 300 s step limit at load 13
+    and the engine died (EngineDeadError for every later request): the CPU default is an hour, and a
+    value the user set is kept. Read from the environment the engine's processes inherit (they are
+    spawned after the import, and vLLM reads the variable there)."""
+    import os
+
+    from backends import vllm_backend
+
+    var = "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"
+    monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(vllm_backend, "_cuda_available", lambda: True)
+    vllm_backend.import_vllm()  # a GPU: vLLM's own default (300 s)
+    assert var not in os.environ
+    monkeypatch.setattr(vllm_backend, "_cuda_available", lambda: False)
+    vllm_backend.import_vllm()
+    assert os.environ[var] == "3600"
+    monkeypatch.setenv(var, "120")
+    vllm_backend.import_vllm()
+    assert os.environ[var] == "120"
+
+
 def test_missing_model_folder_is_named(tmp_path):
     from backends.vllm_backend import VLLMBackend
 
