@@ -46,11 +46,12 @@ PRESETS = {
                   eval_trained=6, eval_heldout=4, rubric="smoke", min_margin=0.1),
     # SmolLM2-135M-Instruct on the CPU, one check per prompt. The eval: 200 unseen trained-type + 100
     # held-out-type prompts (a +10-point gain clears 0 in ~91% of paired bootstraps at 200), greedy,
-    # 384 tokens; rollouts 192 tokens so min_words 120 can pass; 8 replies per prompt (twice the pairs'
-    # prompts of 4, without which the length went); an SFT warm start of 3 passes over M0's passing
-    # replies to the types that give almost no pair (sparse), then DPO on length-balanced pairs pooled
-    # across rounds: the point of docs/benchmarks.md's trade-off table that met all three targets
-    # (until 2026-12-05: n 4, a full warm start of 40 steps, pairs by id: +15.5 at x0.38 of the length).
+    # 384 tokens; rollouts 192 tokens so min_words 120 can pass; 8 replies per prompt (a pair on 1.56x
+    # the prompts 4 gave, so DPO teaches what only a long warm start taught, without its shortening);
+    # an SFT warm start of 3 passes over M0's passing replies to the types that give almost no pair
+    # (sparse), then DPO on length-balanced pairs pooled across rounds: the point of
+    # docs/benchmarks.md's trade-off table that met all three targets (until 2026-12-05: n 4, a full
+    # warm start of 40 steps, pairs by id: +15.5 at x0.38 of the length).
     # vLLM samples where it is installed (3x hf here).
     "cpu": dict(model="embedded", prompts=160, n=8, max_new_tokens=192, lr=1e-4, epochs=2.0, max_steps=40,
                 algos="dpo", warm_start="sft", warm_start_types="sparse", warm_start_epochs=3.0, length_balance=True,
